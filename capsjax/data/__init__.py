@@ -1,0 +1,1 @@
+"""capsjax.data: see ARCHITECTURE.md (not built yet)."""

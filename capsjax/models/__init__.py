@@ -1,0 +1,1 @@
+"""capsjax.models: see ARCHITECTURE.md (not built yet)."""

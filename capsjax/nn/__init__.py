@@ -1,0 +1,1 @@
+"""capsjax.nn: see ARCHITECTURE.md (not built yet)."""

@@ -1,0 +1,1 @@
+"""capsjax.train: see ARCHITECTURE.md (not built yet)."""
