@@ -1,0 +1,196 @@
+r"""Benchmark every routing kernel at the shapes the papers use.
+
+For each kernel, vmapped over the paper's batch and jitted, prints one Markdown
+table row: compile time, forward and forward+backward time per batch, the
+peak memory of the compiled forward+backward step (XLA memory analysis), the
+FLOPs XLA counts for that step, the GFLOP/s achieved, and the GFLOP/s of a
+float32 matmul of similar FLOP count measured in the same run.
+
+  python benchmarks/kernels.py                   # every row, ~3-5 min on 2 cores
+  python benchmarks/kernels.py --only=heinsen    # rows whose name matches a regex
+  python benchmarks/kernels.py --batch_scale=0.25
+
+Times on a busy machine swing 2x between runs: compare the ratios within one
+table, not absolute figures across tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import harness
+from capsjax import losses, ot, routing
+
+_ONLY = flags.DEFINE_string("only", "", "Run only the rows whose name matches this regex.")
+_BATCH_SCALE = flags.DEFINE_float(
+    "batch_scale", 1.0, "Multiply every paper batch size by this (>= 1 sample).")
+_MIN_TIME = flags.DEFINE_float(
+    "min_time", 1.0, "Repeat each timed call until this many seconds have passed.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One benchmark row: a per-sample kernel and its paper-shaped inputs.
+
+  ``make_args(rng)`` returns the per-sample arguments; those whose index is in
+  ``batched`` get a leading batch axis of size ``batch`` and are vmapped over
+  (a ``batch`` of 0 means the kernel already works on a whole set, no vmap).
+  The forward+backward step differentiates the sum of squares of every
+  floating output with respect to the arguments in ``diff``.
+  """
+  name: str
+  shape: str
+  batch: int
+  fn: Callable[..., Any]
+  make_args: Callable[[np.random.Generator], Sequence[np.ndarray]]
+  batched: tuple[int, ...] = ()
+  diff: tuple[int, ...] = ()
+
+
+def _normal(rng, *shape, scale=1.0):
+  return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def _heinsen_case(name, n_inp, n_out, var_inp, batch):
+  d_cov = d_inp = d_out = 4
+  n_w = 1 if var_inp else n_inp
+
+  def make(rng):
+    return (_normal(rng, n_inp), _normal(rng, n_inp, d_cov, d_inp),
+            _normal(rng, n_w, n_out, d_inp, d_out, scale=1 / d_inp),
+            _normal(rng, n_w, n_out, d_cov, d_out, scale=0.1),
+            _normal(rng, n_w, n_out, scale=0.1), _normal(rng, n_w, n_out, scale=0.1))
+
+  return Case(name, f"{n_inp} -> {n_out} caps 4x4", batch,
+              lambda a, mu, w, b, bu, bi: routing.heinsen_routing(a, mu, w, b, bu, bi, n_iters=3),
+              make, batched=(0, 1), diff=(1, 2, 3, 4, 5))
+
+
+def _tsai_conv_case(name, hw, hw_out, stride, batch):
+  n_caps, s, k = 32, 4, 3
+
+  def make(rng):
+    return (_normal(rng, hw, hw, n_caps, s * s),
+            _normal(rng, k, k, n_caps, n_caps, s, s, scale=(n_caps / (s * n_caps * k * k))**0.5),
+            _normal(rng, hw_out, hw_out, n_caps, s * s))
+
+  return Case(name, f"{hw}x{hw}x{n_caps} -> {hw_out}x{hw_out}x{n_caps}, k3 s{stride}, 4x4",
+              batch,
+              lambda x, w, xo: routing.inverted_attention_conv(
+                  x, w, xo, stride=stride, matrix_pose=True),
+              make, batched=(0, 2), diff=(0, 1, 2))
+
+
+def _tsai_fc_case(batch):
+  n_inp, n_out, s = 800, 10, 4
+
+  def make(rng):
+    return (_normal(rng, n_inp, s * s),
+            _normal(rng, n_inp, n_out, s, s, scale=(n_out / (s * n_inp))**0.5),
+            _normal(rng, n_out, s * s))
+
+  return Case("tsai_cifar10_class_fc", f"{n_inp} -> {n_out} caps 4x4", batch,
+              lambda x, w, xo: routing.inverted_attention_fc(x, w, xo, matrix_pose=True),
+              make, batched=(0, 2), diff=(0, 1, 2))
+
+
+def _cases() -> list[Case]:
+  return [
+      # Heinsen (2019) smallNORB, Fig. 3: batch 20, 3 iterations.
+      _heinsen_case("heinsen_smallnorb_layer1", 5184, 64, var_inp=True, batch=20),
+      _heinsen_case("heinsen_smallnorb_layer2", 64, 5, var_inp=False, batch=20),
+      # Tsai et al. (2020) CIFAR-10 ResNet backbone (resnet_backbone_CIFAR10.json):
+      # one routing step with poses of the layer above, batch 128.
+      _tsai_conv_case("tsai_cifar10_conv1", 16, 7, 2, batch=128),
+      _tsai_conv_case("tsai_cifar10_conv2", 7, 5, 1, batch=128),
+      _tsai_fc_case(batch=128),
+      # Baselines at Sabour et al.'s MNIST shape (1152 -> 10 capsules of 16).
+      Case("dynamic_routing", "1152 -> 10 caps of 16", 128,
+           lambda u: routing.dynamic_routing(u, n_iters=3),
+           lambda rng: (_normal(rng, 1152, 10, 16, scale=0.05),), batched=(0,), diff=(0,)),
+      Case("em_routing", "1152 -> 10 caps of 16", 128,
+           lambda a, v, bu, ba: routing.em_routing(a, v, bu, ba, n_iters=3),
+           lambda rng: (rng.uniform(size=1152).astype(np.float32),
+                        _normal(rng, 1152, 10, 16), _normal(rng, 10), _normal(rng, 10)),
+           batched=(0, 1), diff=(0, 1, 2, 3)),
+      # Swetha et al. (2023): queue 5500 + batch 216 samples, 64 anchors.
+      Case("multi_sinkhorn", "5716 x 64 anchors, 20 it", 0,
+           lambda s: ot.multi_sinkhorn(s, eps=0.07, n_iters=20, required_properties=32),
+           lambda rng: (rng.uniform(-1, 1, (5716, 64)).astype(np.float32),)),
+      # Li et al. (2018): feedback loss between two batches of 128 features.
+      Case("sinkhorn_divergence", "128 vs 128 samples of 256", 0,
+           lambda x, y: ot.sinkhorn_divergence(x, y, epsilon=0.1, n_iters=10),
+           lambda rng: (_normal(rng, 128, 256), _normal(rng, 128, 256)), diff=(0, 1)),
+      # Duarte et al. (2021): MMS loss over a batch of 4096.
+      Case("mms_loss", "S 4096 x 4096", 0, lambda s: losses.mms_loss(s),
+           lambda rng: (_normal(rng, 4096, 4096),), diff=(0,)),
+  ]
+
+
+def _batched_fn(case: Case, n_args: int) -> Callable[..., Any]:
+  """The kernel vmapped over the batched arguments (as is, for set kernels)."""
+  if not case.batch:
+    return case.fn
+  return jax.vmap(case.fn, in_axes=tuple(0 if k in case.batched else None
+                                         for k in range(n_args)))
+
+
+def _sum_squares(tree) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+
+
+def run_case(case: Case, batch_scale: float, min_time: float) -> list[Any]:
+  rng = np.random.default_rng(0)
+  args = list(case.make_args(rng))
+  batch = max(1, int(round(case.batch * batch_scale))) if case.batch else 0
+  for k in case.batched:
+    args[k] = np.stack([args[k]] + [case.make_args(rng)[k] for _ in range(batch - 1)])
+  args = [jnp.asarray(a) for a in args]
+  fn = _batched_fn(case, len(args))
+
+  fwd = harness.compile_fn(fn, *args)
+  fwd_s = harness.time_compiled(fwd.fn, *args, min_time=min_time)
+  if case.diff:
+    step = harness.compile_fn(
+        jax.value_and_grad(lambda *a: _sum_squares(fn(*a)), argnums=case.diff), *args)
+    step_s = harness.time_compiled(step.fn, *args, min_time=min_time)
+  else:  # a target-making kernel without gradients: the step is the forward
+    step, step_s = fwd, fwd_s
+  gflops = step.flops / 1e9
+  achieved = gflops / step_s
+  mm = harness.matmul_gflops(harness.matmul_size_for(step.flops))
+  return [case.name, case.shape, batch or "-", fwd.compile_s + (step.compile_s if case.diff else 0),
+          fwd_s * 1e3, step_s * 1e3 if case.diff else "-", harness.mib(step.peak_bytes), gflops,
+          achieved, mm, f"{100 * achieved / mm:.0f}%"]
+
+
+HEADER = ["kernel", "shape", "batch", "compile s", "fwd ms", "fwd+bwd ms",
+          "peak MiB", "GFLOP", "GFLOP/s", "matmul GFLOP/s", "of matmul"]
+
+
+def main(argv):
+  del argv
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, "
+        f"{jax.device_count()} device(s)")
+  rows = []
+  for case in _cases():
+    if _ONLY.value and not re.search(_ONLY.value, case.name):
+      continue
+    rows.append(run_case(case, _BATCH_SCALE.value, _MIN_TIME.value))
+    print(f"  done {case.name}", flush=True)
+  print(harness.format_table(HEADER, rows))
+  print("peak MiB: the compiled forward+backward step (forward for multi_sinkhorn); "
+        "GFLOP: XLA's count for that step.")
+
+
+if __name__ == "__main__":
+  app.run(main)
