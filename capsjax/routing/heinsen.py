@@ -1,6 +1,262 @@
-"""Placeholder: being written."""
+"""Heinsen (2019) routing: EM routing with a D-step (use / ignore shares).
+
+The function computes, per sample, the routing of ``n_inp`` input capsules of
+shape ``[d_cov, d_inp]`` to ``n_out`` output capsules of shape
+``[d_cov, d_out]`` of Heinsen, "An Algorithm for Routing Capsules in All
+Domains" (2019, arXiv:1911.00792), Algorithm 1, exactly as the official
+``Routing`` module of glassroom/heinsen_routing (2019-2020 release) computes
+it, forward and backward.
+
+This version materialises the votes ``V [n_inp, n_out, d_cov, d_out]``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from capsjax import _shapes
+
+__all__ = ["HeinsenRouting", "heinsen_routing"]
+
+_P_MODELS = ("gaussian", "skm")
 
 
-def heinsen_routing(*args, **kwargs):
-  raise NotImplementedError
-HeinsenRouting = None
+class HeinsenRouting(NamedTuple):
+  """The output of :func:`heinsen_routing`.
+
+  Attributes:
+    a_out: ``[n_out]`` output scores (pre-activation; ``sigmoid(a_out)`` is the
+      activation, ``softmax(a_out)`` the usual class prediction).
+    mu_out: ``[n_out, d_cov, d_out]`` output capsules (the means of each output
+      capsule's Gaussian model).
+    sig2_out: ``[n_out, d_cov, d_out]`` variances of each output capsule's
+      Gaussian model (``eps`` included).
+    R: ``[n_inp, n_out]`` routing probabilities of the last iteration (the
+      constant ``1 / n_out`` when ``n_iters == 1``); each row sums to 1.
+  """
+  a_out: jax.Array
+  mu_out: jax.Array
+  sig2_out: jax.Array
+  R: jax.Array
+
+
+def _one_or(n: int) -> int | tuple[int, ...]:
+  """The sizes a broadcastable axis may have: ``n`` or 1."""
+  return 1 if n == 1 else (n, 1)
+
+
+def _validate(a_inp, mu_inp, W, B, beta_use, beta_ign, n_iters, p_model,
+              n_out, B_brk) -> int:
+  """Checks every argument at trace time; returns ``n_out``."""
+  n_inp, = _shapes.check_ndim("a_inp", a_inp, 1, "[n_inp]")
+  _, d_cov, d_inp = _shapes.check_ndim("mu_inp", mu_inp, 3,
+                                       "[n_inp, d_cov, d_inp]")
+  _shapes.check_shape("mu_inp", mu_inp, (n_inp, None, None),
+                      "[n_inp, d_cov, d_inp]")
+  w_shape = _shapes.check_ndim("W", W, 4, "[n_inp | 1, n_out | 1, d_inp, d_out]")
+  d_out = w_shape[3]
+  i_dim = _one_or(n_inp)
+  if n_out is None:
+    # Fixed number of outputs, taken from W (a single output stays
+    # expressible as an n_out axis of 1 with no n_out argument). B and the
+    # betas may broadcast over j.
+    n_out_ = w_shape[1]
+    w_j, j_dim, j_letters = n_out_, _one_or(n_out_), "n_out | 1"
+    if B_brk is not None:
+      raise ValueError(
+          "B_brk is only used with a variable number of outputs (n_out given); "
+          f"got B_brk of shape {tuple(np.shape(B_brk))} and n_out=None.")
+  else:
+    _shapes.check_positive_int("n_out", n_out)
+    n_out_ = int(n_out)
+    w_j, j_dim, j_letters = 1, 1, "1"
+    if w_shape[1] != 1:
+      raise ValueError(
+          "W must have an output axis of 1 when n_out is given (a variable "
+          "number of outputs): W must have shape [n_inp | 1, 1, d_inp, d_out], "
+          f"got {w_shape} with n_out={n_out}. Leave n_out=None for a fixed "
+          "number of outputs.")
+  _shapes.check_shape("W", W, (i_dim, w_j, d_inp, d_out),
+                      f"[n_inp | 1, {'n_out' if n_out is None else '1'}, d_inp, d_out]")
+  _shapes.check_shape("B", B, (i_dim, j_dim, d_cov, d_out),
+                      f"[n_inp | 1, {j_letters}, d_cov, d_out]")
+  _shapes.check_shape("beta_use", beta_use, (i_dim, j_dim),
+                      f"[n_inp | 1, {j_letters}]")
+  _shapes.check_shape("beta_ign", beta_ign, (i_dim, j_dim),
+                      f"[n_inp | 1, {j_letters}]")
+  if B_brk is not None:
+    _shapes.check_shape("B_brk", B_brk, (1, d_cov, d_out), "[1, d_cov, d_out]")
+  _shapes.check_positive_int("n_iters", n_iters)
+  if p_model not in _P_MODELS:
+    raise ValueError(f"p_model must be one of {_P_MODELS}, got {p_model!r}.")
+  return n_out_
+
+
+def heinsen_routing(
+    a_inp: ArrayLike,
+    mu_inp: ArrayLike,
+    W: ArrayLike,
+    B: ArrayLike,
+    beta_use: ArrayLike,
+    beta_ign: ArrayLike,
+    *,
+    n_iters: int = 3,
+    p_model: str = "gaussian",
+    eps: float = 1e-5,
+    n_out: int | None = None,
+    B_brk: ArrayLike | None = None,
+    precision: jax.lax.PrecisionLike = "highest",
+) -> HeinsenRouting:
+  r"""Routes input capsules to output capsules with Heinsen's EM routing.
+
+  One sample, no batch axis (``jax.vmap`` adds it). With ``V`` the votes,
+  ``f`` the logistic function and ``R`` the routing probabilities:
+
+  * votes (Alg. 1 line 1): ``V[i,j,c,h] = sum_d mu_inp[i,c,d] W[i,j,d,h] +
+    B[i,j,c,h]``;
+  * E-step (eqs. 2-3): ``R = 1 / n_out`` on the first iteration, then
+    ``R = softmax_j(log f(a_out)[j] + log p[i,j])`` with, for
+    ``p_model="gaussian"``, ``log p = -sum_ch (V - mu_out)^2 / (2 sig2_out) -
+    sum_ch log sqrt(sig2_out)`` and, for ``"skm"`` (soft k-means),
+    ``log p = log_softmax_j(-sum_ch (V - mu_out)^2)``;
+  * D-step (eqs. 4, 6): ``D_use = f(a_inp)[:, None] R``,
+    ``D_ign = f(a_inp)[:, None] - D_use``;
+  * M-step (eq. 8, Alg. 1 lines 16-18): ``a_out = sum_i beta_use D_use -
+    sum_i beta_ign D_ign``; ``mu_out`` and ``sig2_out`` are the
+    ``D_use``-weighted mean and variance of the votes.
+
+  Where this follows the official code rather than the paper: the E-step
+  works in the log domain and drops the ``2 pi`` term of the Gaussian density
+  (it cancels in the softmax over ``j``; the paper mentions this in Sec. 3.3);
+  ``eps`` is added to ``sum_i D_use`` before dividing and to ``sig2_out``
+  (the paper's Alg. 1 has no ``eps``); the ``"skm"`` model and the
+  symmetry-breaking bias ``B_brk`` of the variable-output mode exist only in
+  the official code. Nothing is detached: gradients flow through every
+  iteration, as in the official code.
+
+  Args:
+    a_inp: ``[n_inp]`` pre-activation input scores. ``-inf`` marks padding:
+      that input is ignored completely: ``a_out``, ``mu_out``, ``sig2_out``,
+      the other rows of ``R`` and all gradients are those of the same call
+      without it (only its own row of ``R`` depends on its capsule, as in the
+      official code; non-finite values in a padded capsule are read as 0).
+      ``+inf`` marks a fully present input (``f = 1``).
+    mu_inp: ``[n_inp, d_cov, d_inp]`` input capsules.
+    W: ``[n_inp | 1, n_out | 1, d_inp, d_out]`` vote transforms. A leading
+      axis of 1 means a variable number of inputs (``W``, ``B`` and the betas
+      shared over ``i``); an output axis of 1 together with ``n_out`` means a
+      variable number of outputs.
+    B: ``[n_inp | 1, n_out | 1, d_cov, d_out]`` vote biases.
+      ``B``, ``beta_use`` and ``beta_ign`` may also broadcast (axis of 1)
+      where ``W`` does not, e.g. one bias shared over the fixed outputs; the
+      official code always gives them ``W``'s leading axes.
+    beta_use: ``[n_inp | 1, n_out | 1]`` net benefit to use each input.
+    beta_ign: ``[n_inp | 1, n_out | 1]`` net cost to ignore each input. Pass
+      the same array as ``beta_use`` for the official ``single_beta=True``:
+      its gradient is then the sum of both uses.
+    n_iters: number of routing iterations (>= 1).
+    p_model: ``"gaussian"`` (Gaussian mixture) or ``"skm"`` (soft k-means).
+    eps: small positive constant added to ``sum_i D_use`` and to
+      ``sig2_out``.
+    n_out: the number of outputs in variable-output mode, which is on exactly
+      when ``n_out`` is given; ``W``, ``B`` and the betas must then have an
+      output axis of 1. ``None`` (default): a fixed number of outputs, the
+      size of ``W``'s output axis.
+    B_brk: ``[1, d_cov, d_out]`` symmetry-breaking bias of the
+      variable-output mode: ``B + B_brk * linspace(-1, 1, n_out)[:, None,
+      None]`` is the bias of the ``n_out`` outputs. ``None`` means zeros (all
+      outputs then receive identical votes). Only valid with ``n_out``.
+    precision: the ``precision`` of every einsum. The default, ``"highest"``,
+      is true float32 arithmetic, as the official PyTorch code computes by
+      default; ``None`` takes JAX's default, which on recent GPUs (TF32) and
+      TPUs (bfloat16 passes) trades accuracy (~1e-3) for speed.
+
+  Returns:
+    A :class:`HeinsenRouting` ``(a_out [n_out], mu_out [n_out, d_cov, d_out],
+    sig2_out [n_out, d_cov, d_out], R [n_inp, n_out])``.
+
+  Raises:
+    ValueError: at trace time, on a shape that does not fit the others (the
+      message names the argument, the shape it got and the shape expected),
+      on ``n_out`` given while ``W``'s output axis is not 1, on ``B_brk``
+      without ``n_out``, or on an invalid ``n_iters``, ``n_out`` or
+      ``p_model``.
+
+  References:
+    F. A. Heinsen, "An Algorithm for Routing Capsules in All Domains", 2019,
+    https://arxiv.org/abs/1911.00792 (Algorithm 1, eqs. 2-8). Official code:
+    https://github.com/glassroom/heinsen_routing (``Routing``, 2019-2020).
+  """
+  n_out = _validate(a_inp, mu_inp, W, B, beta_use, beta_ign, n_iters,
+                       p_model, n_out, B_brk)
+  dtype = jnp.result_type(a_inp, mu_inp, W, B, beta_use, beta_ign,
+                          *(() if B_brk is None else (B_brk,)))
+  if not jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.result_type(dtype, jnp.float32)
+  a_inp, mu_inp, W, B, beta_use, beta_ign = (
+      jnp.asarray(x, dtype) for x in (a_inp, mu_inp, W, B, beta_use, beta_ign))
+  n_inp = a_inp.shape[0]
+
+  # A padded input (f(a_inp) = 0) has D_use = D_ign = 0: its capsule reaches
+  # only its own row of R (as in the official code). Non-finite values there
+  # (padding filled with NaN) are replaced by 0 so that they cannot turn
+  # 0 * NaN into NaN; finite inputs are left untouched.
+  mu_inp = jnp.where(jnp.isneginf(a_inp)[:, None, None] & ~jnp.isfinite(mu_inp),
+                     0, mu_inp)
+
+  if B_brk is not None:
+    # Variable number of outputs: break the symmetry of identical votes.
+    lin = jnp.linspace(-1, 1, n_out, dtype=dtype)
+    B = B + jnp.asarray(B_brk, dtype) * lin[:, None, None]  # [1|i, j, c, h]
+
+  # Votes (Alg. 1 line 1). A shared W (leading axis 1) is contracted without
+  # being tiled over i.
+  if W.shape[0] == 1:
+    V = jnp.einsum("icd,jdh->ijch", mu_inp, W[0], precision=precision)
+  else:
+    V = jnp.einsum("icd,ijdh->ijch", mu_inp, W, precision=precision)
+  V = jnp.broadcast_to(V + B, (n_inp, n_out) + V.shape[2:])  # [i, j, c, h]
+
+  f_a_inp = jax.nn.sigmoid(a_inp)[:, None]  # [i, 1]
+
+  def m_step(R):
+    """D-step and M-step (eqs. 4, 6, 8; Alg. 1 lines 11-19)."""
+    D_use = f_a_inp * R  # [i, j]
+    D_ign = f_a_inp - D_use
+    a_out = (beta_use * D_use).sum(0) - (beta_ign * D_ign).sum(0)  # [j]
+    over_D_use_sum = 1.0 / (D_use.sum(0) + eps)  # [j]
+    mu_out = jnp.einsum("ij,ijch,j->jch", D_use, V, over_D_use_sum,
+                        precision=precision)
+    V_less_mu_out_2 = (V - mu_out) ** 2  # [i, j, c, h]
+    sig2_out = jnp.einsum("ij,ijch,j->jch", D_use, V_less_mu_out_2,
+                          over_D_use_sum, precision=precision) + eps
+    return a_out, mu_out, sig2_out
+
+  def e_step(a_out, mu_out, sig2_out):
+    """E-step after the first iteration (eqs. 2-3, in the log domain)."""
+    V_less_mu_out_2 = (V - mu_out) ** 2  # [i, j, c, h]
+    if p_model == "gaussian":
+      log_p = (-jnp.einsum("ijch,jch->ij", V_less_mu_out_2, 1.0 / (2.0 * sig2_out),
+                           precision=precision)
+               - 0.5 * jnp.log(sig2_out).sum((1, 2)))  # sum_ch log sqrt(sig2)
+    else:  # soft k-means
+      log_p = jax.nn.log_softmax(-V_less_mu_out_2.sum((2, 3)), axis=1)
+    return jax.nn.softmax(jax.nn.log_sigmoid(a_out) + log_p, axis=1)  # [i, j]
+
+  def iteration(carry, _):
+    a_out, mu_out, sig2_out, _ = carry
+    R = e_step(a_out, mu_out, sig2_out)
+    return (*m_step(R), R), None
+
+  # The first iteration is unrolled: its E-step is the constant R = 1/n_out,
+  # so putting it in the scan would mean computing and discarding a full
+  # E-step over V (or a cond in the body); iterations 2..n_iters are a scan.
+  R = jnp.full((n_inp, n_out), 1.0 / n_out, dtype)
+  carry = (*m_step(R), R)
+  carry, _ = jax.lax.scan(iteration, carry, None, length=n_iters - 1)
+  return HeinsenRouting(*carry)

@@ -1,9 +1,353 @@
-"""Placeholder: being written."""
+"""Inverted dot-product attention routing (Tsai et al., 2020).
+
+One routing step of a fully connected (:func:`inverted_attention_fc`) or a
+convolutional (:func:`inverted_attention_conv`) capsule layer, computing the
+same function as ``CapsuleFC.forward`` / ``CapsuleCONV.forward`` of the
+official PyTorch code in eval mode (the convolution with the authors' later
+true-sliding-window fix). A model runs the step once with ``x_out=None``
+(the sequential first pass of Procedure 2) and then feeds each layer's result
+back as ``x_out`` (the concurrent iterations).
+
+The two layers share the routing step (agreement, softmax over the outputs,
+weighted sum of votes, LayerNorm); only the vote computation differs.
+
+References:
+  Tsai, Srivastava, Goh, Salakhutdinov, "Capsules with Inverted Dot-Product
+  Attention Routing", ICLR 2020 (Procedures 1 and 2, Eqs. (1)-(4)).
+  Official code: apple/ml-capsules-inverted-attention-routing,
+  ``src/layers.py``; sliding-window fix in
+  yaohungt/Capsules-Inverted-Attention-Routing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from capsjax import _shapes
+
+# nn.LayerNorm's default epsilon in the official code.
+_LN_EPS = 1e-5
+# The official code divides r by (sum_j r + 1e-10) after the softmax. It is a
+# no-op in float32 but moves float64 results by ~1e-10, so it is kept to
+# match the official function exactly where jax_enable_x64 is on.
+_RENORM_EPS = 1e-10
 
 
-def inverted_attention_fc(*args, **kwargs):
-  raise NotImplementedError
+# ----------------------------------------------------------------------------
+# Shared routing step.
+# ----------------------------------------------------------------------------
 
 
-def inverted_attention_conv(*args, **kwargs):
-  raise NotImplementedError
+def _layer_norm(x: jax.Array, scale: jax.Array | None,
+                bias: jax.Array | None) -> jax.Array:
+  """LayerNorm over the last axis, biased variance, as ``torch.nn.LayerNorm``."""
+  centred = x - jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+  y = centred * jax.lax.rsqrt(var + _LN_EPS)
+  if scale is not None:
+    y = y * scale
+  if bias is not None:
+    y = y + bias
+  return y
+
+
+def _routing_step(votes: jax.Array, x_out: jax.Array | None,
+                  ln_scale: jax.Array | None,
+                  ln_bias: jax.Array | None) -> jax.Array:
+  """Eqs. (2)-(4) on votes ``[..., i, n_out, d_out]``, poses ``[..., n_out, d_out]``.
+
+  The leading ``...`` axes are independent routing problems (the output grid
+  of a conv layer); ``i`` is summed over.
+  """
+  n_out, d_out = votes.shape[-2:]
+  if x_out is None:
+    # First iteration: the official code takes softmax_j of zero agreements,
+    # i.e. r_ij = 1/n_out exactly: the pose is the sum over i (not a mean)
+    # divided by n_out.
+    pose = jnp.sum(votes, axis=-3) / n_out
+  else:
+    # Eq. (2) with the official 1/sqrt(d_out) scale (the paper omits it).
+    logits = jnp.einsum("...ijh,...jh->...ij", votes, x_out) / math.sqrt(d_out)
+    r = jax.nn.softmax(logits, axis=-1)                       # Eq. (3)
+    r = r / (jnp.sum(r, axis=-1, keepdims=True) + _RENORM_EPS)
+    pose = jnp.einsum("...ij,...ijh->...jh", r, votes)        # Eq. (4)
+  # The official layer skips LayerNorm on 1-d poses (it would output the bias).
+  if d_out == 1:
+    return pose
+  return _layer_norm(pose, ln_scale, ln_bias)
+
+
+# ----------------------------------------------------------------------------
+# Votes, Eq. (1).
+# ----------------------------------------------------------------------------
+
+
+def _fc_votes(x_inp: jax.Array, W: jax.Array, matrix_pose: bool) -> jax.Array:
+  """Votes ``[n_inp, n_out, d_out]`` of an FC capsule layer."""
+  n_inp, n_out = W.shape[:2]
+  if matrix_pose:
+    s = W.shape[-1]
+    x = x_inp.reshape(n_inp, s, s)
+    votes = jnp.einsum("iax,ijxd->ijad", x, W)  # [i, j, s, s]
+    return votes.reshape(n_inp, n_out, s * s)
+  return jnp.einsum("id,ijdh->ijh", x_inp, W)
+
+
+def _windows(x_inp: jax.Array, k: int, stride: int) -> jax.Array:
+  """VALID windows ``[H', W', k, k, n_inp, d_inp]`` of ``[H, W, n_inp, d_inp]``."""
+  h_out = (x_inp.shape[0] - k) // stride + 1
+  w_out = (x_inp.shape[1] - k) // stride + 1
+  # Static index grids: one gather, whose transpose is a scatter-add.
+  rows = stride * np.arange(h_out)[:, None] + np.arange(k)[None, :]  # [H', k]
+  cols = stride * np.arange(w_out)[:, None] + np.arange(k)[None, :]  # [W', k]
+  return x_inp[rows[:, None, :, None], cols[None, :, None, :]]
+
+
+def _conv_votes(x_inp: jax.Array, W: jax.Array, stride: int,
+                matrix_pose: bool) -> jax.Array:
+  """Votes ``[H', W', k*k*n_inp, n_out, d_out]`` of a conv capsule layer.
+
+  The window entries (row offset, column offset, input capsule) are
+  flattened into one axis: each routes on its own, and all are summed over.
+  """
+  k, _, n_inp, n_out = W.shape[:4]
+  patches = _windows(x_inp, k, stride)  # [h, w, k, l, i, d]
+  h_out, w_out = patches.shape[:2]
+  if matrix_pose:
+    s = W.shape[-1]
+    p = patches.reshape(h_out, w_out, k, k, n_inp, s, s)
+    votes = jnp.einsum("hwkliax,klijxd->hwklijad", p, W)
+  else:
+    votes = jnp.einsum("hwklid,klijdo->hwklijo", patches, W)
+  return votes.reshape(h_out, w_out, k * k * n_inp, n_out, -1)
+
+
+# ----------------------------------------------------------------------------
+# Argument checks.
+# ----------------------------------------------------------------------------
+
+
+def _check_matrix_pose(matrix_pose) -> None:
+  if not isinstance(matrix_pose, (bool, np.bool_)):
+    raise ValueError(f"matrix_pose must be a bool, got {matrix_pose!r}.")
+
+
+def _check_nonempty(name: str, shape: tuple[int, ...], letters: str) -> None:
+  if 0 in shape:
+    raise ValueError(
+        f"{name} must have non-empty axes {letters}, got shape {shape}.")
+
+
+def _check_weight(W, lead: tuple[int, ...], lead_letters: str, n_inp: int,
+                  d_inp: int, matrix_pose: bool) -> tuple[int, int]:
+  """Checks ``W [*lead, n_inp, n_out, ...]``; returns ``(n_out, d_out)``."""
+  if matrix_pose:
+    s = math.isqrt(d_inp)
+    if s * s != d_inp:
+      raise ValueError(
+          f"matrix_pose=True needs x_inp's pose size d_inp to be a perfect "
+          f"square s*s, got d_inp={d_inp}.")
+    _shapes.check_shape("W", W, (*lead, n_inp, None, s, s),
+                        f"[{lead_letters}n_inp, n_out, s, s]")
+  else:
+    _shapes.check_shape("W", W, (*lead, n_inp, None, d_inp, None),
+                        f"[{lead_letters}n_inp, n_out, d_inp, d_out]")
+  shape = tuple(np.shape(W))
+  _check_nonempty("W", shape, f"[{lead_letters}n_inp, n_out, ...]")
+  n_out = shape[len(lead) + 1]
+  d_out = d_inp if matrix_pose else shape[-1]
+  return n_out, d_out
+
+
+def _check_ln(ln_scale, ln_bias, d_out: int) -> None:
+  if ln_scale is not None:
+    _shapes.check_shape("ln_scale", ln_scale, (d_out,), "[d_out]")
+  if ln_bias is not None:
+    _shapes.check_shape("ln_bias", ln_bias, (d_out,), "[d_out]")
+
+
+def _as_array(x):
+  return None if x is None else jnp.asarray(x)
+
+
+# ----------------------------------------------------------------------------
+# Public kernels.
+# ----------------------------------------------------------------------------
+
+
+def inverted_attention_fc(
+    x_inp: jax.typing.ArrayLike,
+    W: jax.typing.ArrayLike,
+    x_out: jax.typing.ArrayLike | None = None,
+    *,
+    matrix_pose: bool,
+    ln_scale: jax.typing.ArrayLike | None = None,
+    ln_bias: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  """One inverted dot-product attention routing step of an FC capsule layer.
+
+  Votes ``v_ij = x_i @ W_ij`` (Eq. (1); matrix poses: ``reshape(x_i, (s, s))
+  @ W_ij`` flattened back to ``s*s``), agreements ``x_out_j . v_ij /
+  sqrt(d_out)`` (Eq. (2)), ``r = softmax_j`` (Eq. (3)), poses
+  ``LayerNorm(sum_i r_ij v_ij)`` (Eq. (4); a sum over ``i``, not a mean).
+  With ``x_out=None`` the agreements are all zero, so ``r_ij = 1/n_out``.
+
+  Follows the official ``CapsuleFC.forward`` (eval mode) where it differs
+  from the paper: the agreement is scaled by ``1/sqrt(d_out)``, the vote is
+  ``x @ W`` (row-vector convention), ``r`` is renormalised by
+  ``sum_j r + 1e-10`` and LayerNorm (eps 1e-5, biased variance) is skipped
+  when ``d_out == 1``.
+
+  Porting official weights (see :func:`fc_weight_from_official`): vector
+  ``W = w.transpose(0, 2, 1, 3)`` (official ``w[n, a, m, d]``), matrix
+  ``W = w.transpose(0, 3, 1, 2)`` (official ``w[n, x, d, m]``). Where an
+  official conv capsule grid ``[n, H, W, d]`` feeds an FC layer, its capsules
+  are flattened in (type, row, column) order, type slowest.
+
+  Args:
+    x_inp: input poses ``[n_inp, d_inp]``.
+    W: transformation matrices, ``[n_inp, n_out, d_inp, d_out]`` for vector
+      poses, ``[n_inp, n_out, s, s]`` for matrix poses (``d_inp = d_out =
+      s*s``).
+    x_out: current output poses ``[n_out, d_out]``, or ``None`` on the first
+      iteration (uniform routing).
+    matrix_pose: whether poses are flattened ``s x s`` matrices.
+    ln_scale: LayerNorm scale ``[d_out]``; ``None`` means ones.
+    ln_bias: LayerNorm bias ``[d_out]``; ``None`` means zeros.
+
+  Returns:
+    The new output poses ``[n_out, d_out]``.
+
+  References:
+    Tsai et al. (2020), Procedure 1, Eqs. (1)-(4).
+  """
+  _check_matrix_pose(matrix_pose)
+  n_inp, d_inp = _shapes.check_ndim("x_inp", x_inp, 2, "[n_inp, d_inp]")
+  _check_nonempty("x_inp", (n_inp, d_inp), "[n_inp, d_inp]")
+  n_out, d_out = _check_weight(W, (), "", n_inp, d_inp, matrix_pose)
+  if x_out is not None:
+    _shapes.check_shape("x_out", x_out, (n_out, d_out), "[n_out, d_out]")
+  _check_ln(ln_scale, ln_bias, d_out)
+
+  votes = _fc_votes(jnp.asarray(x_inp), jnp.asarray(W), matrix_pose)
+  return _routing_step(votes, _as_array(x_out), _as_array(ln_scale),
+                       _as_array(ln_bias))
+
+
+def inverted_attention_conv(
+    x_inp: jax.typing.ArrayLike,
+    W: jax.typing.ArrayLike,
+    x_out: jax.typing.ArrayLike | None = None,
+    *,
+    stride: int,
+    matrix_pose: bool,
+    ln_scale: jax.typing.ArrayLike | None = None,
+    ln_bias: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  """One inverted dot-product attention routing step of a conv capsule layer.
+
+  Channels-last. Each output position ``(h, w)`` of the VALID ``k x k``
+  sliding window (stride ``stride``) is an FC routing step whose inputs are
+  the ``k*k*n_inp`` window entries, with a weight per (row offset, column
+  offset, input capsule): each input capsule at each window offset routes on
+  its own (softmax over ``n_out`` only) and the pose sums over all window
+  entries. With ``x_out=None``, ``r = 1/n_out``. See
+  :func:`inverted_attention_fc` for the step itself.
+
+  Follows the official ``CapsuleCONV.forward`` (eval mode) with the authors'
+  true sliding window (the first apple release scrambles window positions).
+
+  Porting official weights (see :func:`conv_weight_from_official`): vector
+  ``W = w.transpose(0, 1, 2, 4, 3, 5)`` (official ``w[k, l, n, a, m, d]``),
+  matrix ``W = w.transpose(0, 1, 2, 5, 3, 4)`` (official ``w[k, l, n, x, d,
+  m]``); ``w[k, l]`` has the row offset first. The official activations are
+  ``[n, H, W, d]``: ``x_inp = input.transpose(1, 2, 0, 3)``, and likewise
+  for ``x_out`` (official ``[m, H', W', d]``).
+
+  Args:
+    x_inp: input poses ``[H, W, n_inp, d_inp]``.
+    W: kernel, ``[k, k, n_inp, n_out, d_inp, d_out]`` for vector poses,
+      ``[k, k, n_inp, n_out, s, s]`` for matrix poses (``d_inp = d_out =
+      s*s``); ``k <= H`` and ``k <= W``.
+    x_out: current output poses ``[H', W', n_out, d_out]`` with ``H' = (H -
+      k) // stride + 1`` (likewise ``W'``), or ``None`` on the first
+      iteration.
+    stride: window stride, a positive int.
+    matrix_pose: whether poses are flattened ``s x s`` matrices.
+    ln_scale: LayerNorm scale ``[d_out]``; ``None`` means ones.
+    ln_bias: LayerNorm bias ``[d_out]``; ``None`` means zeros.
+
+  Returns:
+    The new output poses ``[H', W', n_out, d_out]``.
+
+  References:
+    Tsai et al. (2020), Procedure 1, Eqs. (1)-(4).
+  """
+  _check_matrix_pose(matrix_pose)
+  _shapes.check_positive_int("stride", stride)
+  letters = "[H, W, n_inp, d_inp]"
+  height, width, n_inp, d_inp = _shapes.check_ndim("x_inp", x_inp, 4, letters)
+  _check_nonempty("x_inp", (height, width, n_inp, d_inp), letters)
+  w_letters = ("[k, k, n_inp, n_out, s, s]" if matrix_pose else
+               "[k, k, n_inp, n_out, d_inp, d_out]")
+  k = _shapes.check_ndim("W", W, 6, w_letters)[0]
+  n_out, d_out = _check_weight(W, (k, k), "k, k, ", n_inp, d_inp, matrix_pose)
+  if k > height or k > width:
+    raise ValueError(
+        f"W's kernel size k={k} must not exceed x_inp's spatial size "
+        f"(H, W) = ({height}, {width}).")
+  h_out = (height - k) // stride + 1
+  w_out = (width - k) // stride + 1
+  if x_out is not None:
+    _shapes.check_shape("x_out", x_out, (h_out, w_out, n_out, d_out),
+                        "[H', W', n_out, d_out]")
+  _check_ln(ln_scale, ln_bias, d_out)
+
+  votes = _conv_votes(jnp.asarray(x_inp), jnp.asarray(W), stride, matrix_pose)
+  return _routing_step(votes, _as_array(x_out), _as_array(ln_scale),
+                       _as_array(ln_bias))
+
+
+# ----------------------------------------------------------------------------
+# Porting weights from the official PyTorch code.
+# ----------------------------------------------------------------------------
+
+
+def fc_weight_from_official(w: jax.typing.ArrayLike, *,
+                            matrix_pose: bool) -> jax.Array:
+  """``CapsuleFC.w`` → ``W`` of :func:`inverted_attention_fc`.
+
+  Args:
+    w: official weight, ``[n, a, m, d]`` (vector) or ``[n, x, d, m]``
+      (matrix).
+    matrix_pose: as in the official layer.
+
+  Returns:
+    ``W [n_inp, n_out, d_inp, d_out]`` or ``[n_inp, n_out, s, s]``.
+  """
+  _check_matrix_pose(matrix_pose)
+  _shapes.check_ndim("w", w, 4, "[n, x, d, m]" if matrix_pose else "[n, a, m, d]")
+  return jnp.transpose(jnp.asarray(w), (0, 3, 1, 2) if matrix_pose else (0, 2, 1, 3))
+
+
+def conv_weight_from_official(w: jax.typing.ArrayLike, *,
+                              matrix_pose: bool) -> jax.Array:
+  """``CapsuleCONV.w`` → ``W`` of :func:`inverted_attention_conv`.
+
+  Args:
+    w: official weight, ``[k, l, n, a, m, d]`` (vector) or
+      ``[k, l, n, x, d, m]`` (matrix).
+    matrix_pose: as in the official layer.
+
+  Returns:
+    ``W [k, k, n_inp, n_out, d_inp, d_out]`` or ``[k, k, n_inp, n_out, s, s]``.
+  """
+  _check_matrix_pose(matrix_pose)
+  _shapes.check_ndim("w", w, 6, "[k, l, n, x, d, m]" if matrix_pose else
+                     "[k, l, n, a, m, d]")
+  perm = (0, 1, 2, 5, 3, 4) if matrix_pose else (0, 1, 2, 4, 3, 5)
+  return jnp.transpose(jnp.asarray(w), perm)

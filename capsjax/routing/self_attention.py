@@ -1,5 +1,264 @@
-"""Placeholder: being written."""
+"""Routing by self-attention (Duarte et al., 2021).
+
+One routing step maps ``C`` primary capsules (poses ``[C, d1]``, activations
+``[C]`` in [0, 1]) to ``C`` secondary capsules (poses ``[C, d2]``, activations
+``[C]`` that sum to 1 over the capsules) with a post-norm Transformer-style
+block. No official code has been released, so every choice the paper leaves
+open is made here and documented in :func:`self_attention_routing`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from capsjax._shapes import check_ndim, check_positive_int, check_shape
 
 
-def self_attention_routing(*args, **kwargs):
-  raise NotImplementedError
+class SelfAttentionParams(NamedTuple):
+  """The learned parameters of one self-attention routing step.
+
+  Weights multiply from the right (``x @ w``, Flax ``Dense`` layout); a
+  PyTorch ``nn.Linear`` weight ports as its transpose.
+
+  Attributes:
+    w_q, w_k, w_v: ``[d1, d2]`` the maps ``h_Q, h_K, h_V`` of Sec. 3.1.
+    b_q, b_k, b_v: ``[d2]`` their biases. ``b_k`` adds ``q_i . b_k`` to every
+      logit of query ``i`` and so cancels in the attention softmax: its
+      gradient is exactly zero (kept as the paper's affine ``h_K``).
+    ln1_scale, ln1_bias: ``[d2]`` the first LayerNorm (on ``V'``, App. B).
+    w_mlp1: ``[d2, d_hidden]`` first MLP layer (the paper: ``d_hidden = 1024``).
+    b_mlp1: ``[d_hidden]``.
+    w_mlp2: ``[d_hidden, d2]`` second MLP layer.
+    b_mlp2: ``[d2]``.
+    ln2_scale, ln2_bias: ``[d2]`` the LayerNorm after the residual (App. B).
+    w_p: ``[d2, 1]`` and b_p: ``[1]``: the activation logit of Eq. (2). ``b_p``
+      is shared by all capsules and cancels in the softmax over capsules, so
+      its gradient is exactly zero; it is kept to match the paper.
+    w_o: ``[d2, d2]`` or ``None``: an optional output projection of the
+      concatenated heads. Eq. (6) has none, so ``None`` (the default) is the
+      paper's function; pass one to port a standard multi-head attention
+      layer (e.g. PyTorch ``nn.MultiheadAttention.out_proj``).
+    b_o: ``[d2]`` or ``None``; given exactly when ``w_o`` is.
+  """
+
+  w_q: jax.Array
+  b_q: jax.Array
+  w_k: jax.Array
+  b_k: jax.Array
+  w_v: jax.Array
+  b_v: jax.Array
+  ln1_scale: jax.Array
+  ln1_bias: jax.Array
+  w_mlp1: jax.Array
+  b_mlp1: jax.Array
+  w_mlp2: jax.Array
+  b_mlp2: jax.Array
+  ln2_scale: jax.Array
+  ln2_bias: jax.Array
+  w_p: jax.Array
+  b_p: jax.Array
+  w_o: jax.Array | None = None
+  b_o: jax.Array | None = None
+
+
+class SelfAttentionRouting(NamedTuple):
+  """Output of :func:`self_attention_routing`.
+
+  Attributes:
+    poses: ``[C, d2]`` secondary capsule poses ``x̂_i`` (Eq. 1).
+    activations: ``[C]`` existence probabilities ``p̂_i`` (Eq. 2): a softmax
+      over the present capsules, exactly 0 for excluded ones.
+  """
+
+  poses: jax.Array
+  activations: jax.Array
+
+
+def _masked_softmax(logits: jax.Array, keep: jax.Array, axis: int) -> jax.Array:
+  """Softmax over ``axis`` restricted to ``keep``; all zeros if nothing is kept.
+
+  The double ``where`` keeps excluded logits out of ``exp`` so that neither the
+  forward pass nor the gradient sees an ``inf``.
+  """
+  keep = jnp.broadcast_to(keep, logits.shape)
+  top = jnp.max(jnp.where(keep, logits, -jnp.inf), axis=axis, keepdims=True)
+  top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))
+  e = jnp.where(keep, jnp.exp(jnp.where(keep, logits, top) - top), 0)
+  denom = jnp.sum(e, axis=axis, keepdims=True)
+  return e / jnp.where(denom > 0, denom, 1)
+
+
+def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                eps: float) -> jax.Array:
+  """LayerNorm over the last axis (biased variance, ``eps`` inside the root)."""
+  centred = x - jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+  return centred * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+def _check_params(params: SelfAttentionParams, d1: int) -> tuple[int, int]:
+  """Validates every parameter's shape; returns ``(d2, d_hidden)``."""
+  _, d2 = check_ndim("params.w_q", params.w_q, 2, "[d1, d2]")
+  check_shape("params.w_q", params.w_q, (d1, d2), "[d1, d2]")
+  _, d_hidden = check_ndim("params.w_mlp1", params.w_mlp1, 2, "[d2, d_hidden]")
+  vec_d2 = ("b_q", "b_k", "b_v", "ln1_scale", "ln1_bias", "b_mlp2",
+            "ln2_scale", "ln2_bias")
+  expected = {
+      "w_k": ((d1, d2), "[d1, d2]"),
+      "w_v": ((d1, d2), "[d1, d2]"),
+      **{name: ((d2,), "[d2]") for name in vec_d2},
+      "w_mlp1": ((d2, d_hidden), "[d2, d_hidden]"),
+      "b_mlp1": ((d_hidden,), "[d_hidden]"),
+      "w_mlp2": ((d_hidden, d2), "[d_hidden, d2]"),
+      "w_p": ((d2, 1), "[d2, 1]"),
+      "b_p": ((1,), "[1]"),
+  }
+  for name, (shape, letters) in expected.items():
+    check_shape(f"params.{name}", getattr(params, name), shape, letters)
+  if (params.w_o is None) != (params.b_o is None):
+    raise ValueError(
+        "params.w_o and params.b_o must be given together (or both None), "
+        f"got w_o={'None' if params.w_o is None else 'an array'} and "
+        f"b_o={'None' if params.b_o is None else 'an array'}.")
+  if params.w_o is not None:
+    check_shape("params.w_o", params.w_o, (d2, d2), "[d2, d2]")
+    check_shape("params.b_o", params.b_o, (d2,), "[d2]")
+  return d2, d_hidden
+
+
+def self_attention_routing(
+    poses: jax.typing.ArrayLike,
+    activations: jax.typing.ArrayLike,
+    params: SelfAttentionParams,
+    *,
+    n_heads: int,
+    mask: jax.typing.ArrayLike | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    qk_scale: float | None = None,
+    ln_eps: float = 1e-5,
+) -> SelfAttentionRouting:
+  """Routes ``C`` capsules by multi-head self-attention (Duarte et al., 2021).
+
+  For one sample, with ``u_i = p_i x_i`` (Sec. 3.1):
+
+  1. ``Q, K, V = u W_Q + b_Q, u W_K + b_K, u W_V + b_V`` ``[C, d2]``. The
+     paper says "using two linear layers for all functions h" and App. B
+     "linear projections"; two stacked linear maps without a nonlinearity are
+     one affine map, so each ``h`` is one ``[d1, d2]`` weight and a bias (port
+     two stacked layers as ``w = w1 @ w2``, ``b = b1 @ w2 + b2``).
+  2. Multi-head attention (Eq. 6): ``d2`` is split into ``n_heads``
+     contiguous chunks of ``d_head = d2 / n_heads``; each head computes
+     ``softmax_j(q_i . k_j * qk_scale) v_j`` and the heads are concatenated
+     back to ``V' [C, d2]``. ``qk_scale=None`` means ``1 / sqrt(d_head)``: Eq. 6
+     writes ``1/sqrt(d2)`` for ``Q, K`` of width ``d2``, i.e. the width of the
+     dot product, which per head is ``d_head``; pass ``1/sqrt(d2)`` for the
+     literal reading (the two agree for ``n_heads = 1``). Eq. 6 has no output
+     projection; ``params.w_o`` adds one (default ``None``: none).
+  3. ``g`` of Eq. (1), in App. B's order: ``y = LN1(V')``;
+     ``z = relu(y W_1 + b_1) W_2 + b_2`` (the paper only says "nonlinear
+     MLP"; ReLU is chosen), with inverted dropout on the hidden activations;
+     ``x̂ = LN2(V' + z)``. The residual starts at ``V'``, which is already
+     ``d2``-wide, so ``d1 != d2`` needs no extra projection.
+  4. ``p̂ = softmax_i(x̂_i W_p + b_p)`` over the capsules (Eq. 2; its ``x_i``
+     is a typo for ``x̂_i``, as the sentence before it says).
+
+  Masking: capsule ``i`` is *excluded* where ``mask[i]`` is False **or**
+  ``activations[i] == 0``. ``p_i x_i = 0`` alone would still give a key and
+  value ``b_K, b_V``, so an absent entity would change the others; excluded
+  capsules are therefore removed from every attention's keys and from the
+  softmax of Eq. (2). The present capsules' outputs equal those of the same
+  call with the excluded capsules deleted. An excluded capsule still gets a
+  finite pose (its query attends to the present capsules) and activation
+  exactly 0. If every capsule is excluded, ``V'`` is 0 (or ``b_o``), poses
+  are ``LN2(MLP(LN1(V')) + V')`` (finite) and all activations are 0.
+
+  Args:
+    poses: ``[C, d1]`` primary capsule poses ``x_i``.
+    activations: ``[C]`` activations ``p_i`` in [0, 1].
+    params: a :class:`SelfAttentionParams` (shapes there).
+    n_heads: number of attention heads; must divide ``d2``. The paper does not
+      state it.
+    mask: ``[C]`` bool, True where the capsule is present; ``None``: all.
+    dropout_rate: MLP dropout probability in [0, 1). Applied only when it is
+      positive, and then ``dropout_rng`` is required; the keep mask is
+      ``jax.random.bernoulli(dropout_rng, 1 - dropout_rate, [C, d_hidden])``.
+    dropout_rng: a PRNG key for dropout; ignored when ``dropout_rate == 0``.
+    qk_scale: the attention logit scale; ``None`` means ``1/sqrt(d_head)``.
+    ln_eps: LayerNorm epsilon (added to the biased variance); PyTorch's
+      default ``1e-5``.
+
+  Returns:
+    A :class:`SelfAttentionRouting` ``(poses [C, d2], activations [C])``.
+
+  Raises:
+    ValueError: on a wrong shape (naming the argument and the expected
+      shape), ``n_heads`` not dividing ``d2``, a bad ``dropout_rate`` or
+      ``ln_eps``, or ``dropout_rate > 0`` without ``dropout_rng``.
+
+  References:
+    K. Duarte, B. Chen, N. Shvetsova, A. Rouditchenko, S. Thomas, A. Liu,
+    D. Harwath, J. Glass, H. Kuehne, M. Shah. "Routing with Self-Attention
+    for Multimodal Capsule Networks", 2021. Sec. 3.1, Eqs. (1), (2), (6) and
+    Appendix B.
+  """
+  n_caps, d1 = check_ndim("poses", poses, 2, "[C, d1]")
+  if n_caps < 1:
+    raise ValueError(f"poses must hold at least one capsule, got shape {(n_caps, d1)}.")
+  check_shape("activations", activations, (n_caps,), "[C]")
+  d2, d_hidden = _check_params(params, d1)
+  check_positive_int("n_heads", n_heads)
+  if d2 % n_heads:
+    raise ValueError(f"n_heads must divide d2 = {d2}, got n_heads={n_heads}.")
+  if mask is not None:
+    check_shape("mask", mask, (n_caps,), "[C]")
+    if jnp.result_type(mask) != jnp.bool_:
+      raise ValueError(f"mask must be boolean, got dtype {jnp.result_type(mask)}.")
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
+  if dropout_rate > 0 and dropout_rng is None:
+    raise ValueError("dropout_rate > 0 needs a dropout_rng, got dropout_rng=None.")
+  if not ln_eps > 0:
+    raise ValueError(f"ln_eps must be positive, got {ln_eps!r}.")
+
+  poses = jnp.asarray(poses)
+  activations = jnp.asarray(activations)
+  d_head = d2 // n_heads
+  scale = 1.0 / math.sqrt(d_head) if qk_scale is None else qk_scale
+
+  present = activations != 0
+  if mask is not None:
+    present = present & jnp.asarray(mask)
+
+  weighted = activations[:, None] * poses  # p_i x_i, Sec. 3.1
+  q = weighted @ params.w_q + params.b_q
+  k = weighted @ params.w_k + params.b_k
+  v = weighted @ params.w_v + params.b_v
+  split = lambda t: t.reshape(n_caps, n_heads, d_head)  # [C, head, d_head]
+  logits = jnp.einsum("ihe,jhe->hij", split(q), split(k)) * scale
+  attn = _masked_softmax(logits, present[None, None, :], axis=-1)  # [h, i, j]
+  v_att = jnp.einsum("hij,jhe->ihe", attn, split(v)).reshape(n_caps, d2)
+  if params.w_o is not None:
+    v_att = v_att @ params.w_o + params.b_o
+
+  # App. B: "We then apply normalization across the columns (i.e. capsule
+  # feature dimension) as well as two fully connected linear layers, and
+  # dropout, with hidden dimension 1024 and output dimension d2. A residual
+  # connection from V' to the output capsule features, followed by
+  # normalization across the capsule feature dimensions."
+  hidden = jax.nn.relu(
+      _layer_norm(v_att, params.ln1_scale, params.ln1_bias, ln_eps)
+      @ params.w_mlp1 + params.b_mlp1)
+  if dropout_rate > 0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (n_caps, d_hidden))
+    hidden = jnp.where(keep, hidden / (1.0 - dropout_rate), 0)
+  mlp_out = hidden @ params.w_mlp2 + params.b_mlp2
+  new_poses = _layer_norm(v_att + mlp_out, params.ln2_scale, params.ln2_bias, ln_eps)
+
+  act_logits = (new_poses @ params.w_p + params.b_p)[:, 0]  # Eq. (2)
+  new_acts = _masked_softmax(act_logits, present, axis=0)
+  return SelfAttentionRouting(poses=new_poses, activations=new_acts)

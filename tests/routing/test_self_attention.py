@@ -1,0 +1,373 @@
+"""Tests of ``self_attention_routing`` (Duarte et al., 2021).
+
+The float32 kernel is compared with the float64 NumPy reference in
+``reference_self_attention.py`` (forward, and gradients by central finite
+differences of the reference). Shapes are kept few and small: compile time
+dominates.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from capsjax.routing.self_attention import (SelfAttentionParams, SelfAttentionRouting,
+                                            self_attention_routing)
+from tests.routing.reference_self_attention import self_attention_routing_ref
+from tests.testing_utils import assert_rel_close, assert_tree_rel_close
+
+C, D1, D2, HID, HEADS = 5, 3, 4, 6, 2
+STATIC = ("n_heads", "dropout_rate", "qk_scale", "ln_eps")
+_fwd = jax.jit(self_attention_routing, static_argnames=STATIC)
+
+
+def make_params(seed, d1=D1, d2=D2, hid=HID, with_o=False, dtype=np.float32):
+  """Random parameters with fan-in scaled weights (well-conditioned draws)."""
+  rs = np.random.RandomState(seed)
+  w = lambda m, n: rs.randn(m, n) / math.sqrt(m)
+  b = lambda n: 0.3 * rs.randn(n)
+  vals = dict(
+      w_q=w(d1, d2), b_q=b(d2), w_k=w(d1, d2), b_k=b(d2), w_v=w(d1, d2),
+      b_v=b(d2), ln1_scale=1 + 0.2 * rs.randn(d2), ln1_bias=b(d2),
+      w_mlp1=w(d2, hid), b_mlp1=b(hid), w_mlp2=w(hid, d2), b_mlp2=b(d2),
+      ln2_scale=1 + 0.2 * rs.randn(d2), ln2_bias=b(d2), w_p=w(d2, 1), b_p=b(1))
+  if with_o:
+    vals.update(w_o=w(d2, d2), b_o=b(d2))
+  return SelfAttentionParams(**{k: v.astype(dtype) for k, v in vals.items()})
+
+
+def make_inputs(seed, n_caps=C, d1=D1, dtype=np.float32):
+  rs = np.random.RandomState(seed)
+  poses = (1.5 * rs.randn(n_caps, d1)).astype(dtype)
+  acts = rs.uniform(0.2, 1.0, n_caps).astype(dtype)
+  return poses, acts
+
+
+def ref(poses, acts, params, **kw):
+  kw.setdefault("n_heads", HEADS)
+  return self_attention_routing_ref(poses, acts, params, **kw)
+
+
+# ----------------------------------------------------------------- forward
+
+
+@pytest.mark.parametrize("with_o", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_forward_matches_reference(with_o, masked):
+  params = make_params(0, with_o=with_o)
+  poses, acts = make_inputs(1)
+  mask = None
+  if masked:  # one masked capsule and one with p_i = 0
+    mask = np.array([True, False, True, True, True])
+    acts[3] = 0.0
+  out = _fwd(poses, acts, params, n_heads=HEADS, mask=mask)
+  assert isinstance(out, SelfAttentionRouting)
+  assert out.poses.shape == (C, D2) and out.activations.shape == (C,)
+  assert out.poses.dtype == jnp.float32 and out.activations.dtype == jnp.float32
+  assert_tree_rel_close(out, ref(poses, acts, params, mask=mask), name="fwd")
+  np.testing.assert_allclose(np.sum(out.activations), 1.0, rtol=1e-6)
+  if masked:
+    assert out.activations[1] == 0 and out.activations[3] == 0
+
+
+def test_qk_scale_and_single_head_match_reference():
+  params = make_params(2)
+  poses, acts = make_inputs(3)
+  out = _fwd(poses, acts, params, n_heads=HEADS, qk_scale=1 / math.sqrt(D2))
+  assert_tree_rel_close(out, ref(poses, acts, params, qk_scale=1 / math.sqrt(D2)))
+  out = _fwd(poses, acts, params, n_heads=1)
+  assert_tree_rel_close(out, ref(poses, acts, params, n_heads=1))
+
+
+class VariantsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_jit_and_eager_match_reference(self):
+    params = make_params(4, with_o=True)
+    poses, acts = make_inputs(5)
+    mask = np.array([True, True, False, True, True])
+    fn = self.variant(functools.partial(self_attention_routing, n_heads=HEADS))
+    out = fn(poses, acts, params, mask=mask)
+    assert_tree_rel_close(out, ref(poses, acts, params, mask=mask), name="variant")
+
+
+def test_vmap_equals_loop():
+  params = make_params(6)
+  rs = np.random.RandomState(7)
+  poses = rs.randn(3, C, D1).astype(np.float32)
+  acts = rs.uniform(0.1, 1.0, (3, C)).astype(np.float32)
+  mask = rs.rand(3, C) > 0.3
+  mask[:, 0] = True
+  batched = jax.jit(jax.vmap(
+      lambda x, p, prm, m: self_attention_routing(x, p, prm, n_heads=HEADS, mask=m),
+      in_axes=(0, 0, None, 0)))(poses, acts, params, mask)
+  for b in range(3):
+    single = _fwd(poses[b], acts[b], params, n_heads=HEADS, mask=mask[b])
+    for got, want in zip(batched, single):
+      np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-6)
+
+
+# -------------------------------------------------------------- gradients
+
+
+@jax.jit
+def _grads(poses, acts, params, mask, cot_poses, cot_acts):
+  """Outputs and d/d(poses, activations, params) of ``L = <out, cot>``.
+
+  One jitted program shared by the gradient tests (compile time dominates).
+  """
+  def loss(x, p, prm):
+    out = self_attention_routing(x, p, prm, n_heads=HEADS, mask=mask)
+    return jnp.sum(out.poses * cot_poses) + jnp.sum(out.activations * cot_acts), out
+
+  (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+      poses, acts, params)
+  return out, grads
+
+
+def _fd_grad(f, arrays, step=1e-6):
+  """Central differences of scalar ``f(list_of_float64_arrays)``."""
+  grads = []
+  for k, a in enumerate(arrays):
+    g = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+      plus = [x.copy() for x in arrays]
+      minus = [x.copy() for x in arrays]
+      plus[k][idx] += step
+      minus[k][idx] -= step
+      g[idx] = (f(plus) - f(minus)) / (2 * step)
+    grads.append(g)
+  return grads
+
+
+@pytest.mark.parametrize("with_o", [False, True])
+def test_gradients_match_finite_differences(with_o):
+  params = make_params(8, with_o=with_o)
+  poses, acts = make_inputs(9)
+  mask = np.array([True, True, True, False, True])
+  rs = np.random.RandomState(10)
+  cot_poses = rs.randn(C, D2)
+  cot_acts = rs.randn(C)
+  _, (g_poses, g_acts, g_params) = _grads(
+      poses, acts, params, mask, cot_poses.astype(np.float32),
+      cot_acts.astype(np.float32))
+
+  names = [k for k in params._fields if getattr(params, k) is not None]
+
+  def ref_loss(arrays):
+    p = dict(zip(names, arrays[2:]))
+    out_p, out_a = ref(arrays[0], arrays[1], p, mask=mask)
+    return np.sum(out_p * cot_poses) + np.sum(out_a * cot_acts)
+
+  arrays = [np.asarray(poses, np.float64), np.asarray(acts, np.float64)] + [
+      np.asarray(getattr(params, k), np.float64) for k in names]
+  fd = _fd_grad(ref_loss, arrays)
+  assert_rel_close(g_poses, fd[0], name="d/poses")
+  assert_rel_close(g_acts, fd[1], name="d/activations")
+  scale = max(np.max(np.abs(g)) for g in fd)
+  for name, want in zip(names, fd[2:]):
+    got = np.asarray(getattr(g_params, name))
+    if name in ("b_k", "b_p"):
+      # b_k adds q_i . b_k to every logit of query i and b_p the same logit to
+      # every capsule: both cancel in their softmax, so the true gradient is 0
+      # and a relative error is meaningless; check it vanishes to round-off.
+      assert np.max(np.abs(got)) < 1e-6 * scale, name
+      assert np.max(np.abs(want)) < 1e-8 * scale, name
+    else:
+      assert_rel_close(got, want, name=f"d/{name}")
+
+
+def test_check_grads_float64():
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64),
+                          make_params(11, with_o=True))
+    poses, acts = make_inputs(12, dtype=np.float64)
+    mask = np.array([True, False, True, True, True])
+    f = jax.jit(lambda x, p, prm: tuple(self_attention_routing(
+        x, p, prm, n_heads=HEADS, mask=mask)))
+    check_grads(f, (poses, acts, params), order=1, modes=("fwd", "rev"))
+
+
+# --------------------------------------------------------------- masking
+
+
+def test_masked_equals_removed_and_zero_activation_equals_masked():
+  params = make_params(13)
+  poses, acts = make_inputs(14, n_caps=6)
+  mask = np.array([True, False, True, True, False, True])
+  keep = np.flatnonzero(mask)
+  removed = _fwd(poses[keep], acts[keep], params, n_heads=HEADS)
+  masked = _fwd(poses, acts, params, n_heads=HEADS, mask=mask)
+  # p_i = 0 (no mask) must behave exactly like a masked capsule.
+  acts_zero = np.where(mask, acts, 0).astype(np.float32)
+  zeroed = _fwd(poses, acts_zero, params, n_heads=HEADS,
+                mask=np.ones(6, bool))
+  for out in (masked, zeroed):
+    np.testing.assert_allclose(out.poses[keep], removed.poses, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.activations[keep], removed.activations,
+                               rtol=1e-5, atol=1e-7)
+    assert np.all(np.asarray(out.activations)[~mask] == 0)
+    assert np.all(np.isfinite(out.poses))
+    np.testing.assert_allclose(np.sum(out.activations), 1.0, rtol=1e-6)
+
+
+def test_masked_capsule_changes_nothing():
+  params = make_params(15)
+  poses, acts = make_inputs(16)
+  mask = np.array([True, True, False, True, True])
+  base = _fwd(poses, acts, params, n_heads=HEADS, mask=mask)
+  poses2, acts2 = poses.copy(), acts.copy()
+  poses2[2] = 1e4
+  acts2[2] = 1.0
+  moved = _fwd(poses2, acts2, params, n_heads=HEADS, mask=mask)
+  np.testing.assert_array_equal(np.delete(moved.poses, 2, 0), np.delete(base.poses, 2, 0))
+  np.testing.assert_array_equal(moved.activations, base.activations)
+
+  # Gradients of the present capsules' outputs w.r.t. the masked capsule's
+  # inputs are exactly zero.
+  rs = np.random.RandomState(29)
+  cot_poses = (rs.randn(C, D2) * mask[:, None]).astype(np.float32)
+  _, (g_x, g_p, _) = _grads(poses, acts, params, mask, cot_poses,
+                            rs.randn(C).astype(np.float32))
+  assert np.all(np.asarray(g_x)[2] == 0) and g_p[2] == 0
+  assert np.all(np.isfinite(g_x)) and np.all(np.asarray(g_x)[mask] != 0)
+
+
+def test_one_capsule_and_all_but_one_masked():
+  params = make_params(17)
+  poses, acts = make_inputs(18)
+  single = _fwd(poses[2:3], acts[2:3], params, n_heads=HEADS)
+  assert single.activations[0] == 1.0
+  assert_tree_rel_close(single, ref(poses[2:3], acts[2:3], params), name="C=1")
+  mask = np.zeros(C, bool)
+  mask[2] = True
+  out = _fwd(poses, acts, params, n_heads=HEADS, mask=mask)
+  np.testing.assert_allclose(out.poses[2], single.poses[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out.activations, mask.astype(np.float32))
+  assert np.all(np.isfinite(out.poses))
+
+
+def test_everything_masked_is_finite():
+  params = make_params(19)
+  poses, acts = make_inputs(20)
+  mask = np.zeros(C, bool)
+  ones = np.ones((C, D2), np.float32), np.ones(C, np.float32)
+  out, grads = _grads(poses, acts, params, mask, *ones)
+  assert np.all(np.asarray(out.activations) == 0)
+  assert_rel_close(out.poses, ref(poses, acts, params, mask=mask)[0], name="all masked")
+  for g in jax.tree.leaves(grads):
+    assert np.all(np.isfinite(g))
+
+
+def test_large_inputs_are_finite():
+  params = make_params(21)
+  params = params._replace(w_q=params.w_q * 100, w_k=params.w_k * 100,
+                           w_p=params.w_p * 1e3)
+  poses, acts = make_inputs(22)
+  poses = poses * 1e3  # attention logits ~1e10, activation logits ~1e3
+  mask = np.array([True, True, True, True, False])
+  out, grads = _grads(poses, acts, params, mask, np.ones((C, D2), np.float32),
+                      np.arange(C, dtype=np.float32))
+  assert np.all(np.isfinite(out.poses)) and np.all(np.isfinite(out.activations))
+  np.testing.assert_allclose(np.sum(out.activations), 1.0, rtol=1e-6)
+  for g in jax.tree.leaves(grads):
+    assert np.all(np.isfinite(g))
+
+
+# ------------------------------------------------------------ dropout/dtype
+
+
+def test_dropout():
+  params = make_params(23)
+  poses, acts = make_inputs(24)
+  rng = jax.random.key(0)
+  base = _fwd(poses, acts, params, n_heads=HEADS)
+  same = _fwd(poses, acts, params, n_heads=HEADS, dropout_rate=0.0, dropout_rng=rng)
+  np.testing.assert_array_equal(base.poses, same.poses)
+  out = _fwd(poses, acts, params, n_heads=HEADS, dropout_rate=0.5, dropout_rng=rng)
+  keep = np.asarray(jax.random.bernoulli(rng, 0.5, (C, HID)))
+  assert 0 < keep.sum() < keep.size
+  assert_tree_rel_close(out, ref(poses, acts, params, keep=keep, dropout_rate=0.5),
+                        name="dropout")
+  assert not np.allclose(out.poses, base.poses)
+  with pytest.raises(ValueError, match="dropout_rng"):
+    self_attention_routing(poses, acts, params, n_heads=HEADS, dropout_rate=0.1)
+  for bad in (-0.1, 1.0):
+    with pytest.raises(ValueError, match="dropout_rate"):
+      self_attention_routing(poses, acts, params, n_heads=HEADS, dropout_rate=bad,
+                             dropout_rng=rng)
+
+
+def test_dtypes():
+  params = make_params(25)
+  poses, acts = make_inputs(26)
+  with jax.enable_x64(True):
+    out = _fwd(poses, acts, params, n_heads=HEADS)
+    assert out.poses.dtype == jnp.float32 and out.activations.dtype == jnp.float32
+  bf = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), (poses, acts, params))
+  out = _fwd(*bf, n_heads=HEADS)  # jit: bfloat16 op-by-op is slow to dispatch
+  assert out.poses.dtype == jnp.bfloat16
+  assert np.all(np.isfinite(np.asarray(out.poses, np.float32)))
+
+
+def test_duarte_shape_forward():
+  # Sec. 4.1: C = 128, d1 = 32, d2 = 256; App. B: hidden 1024. The paper does
+  # not give the number of heads; 8 is the Transformer default.
+  params = make_params(27, d1=32, d2=256, hid=1024)
+  poses, acts = make_inputs(28, n_caps=128, d1=32)
+  out = _fwd(poses, acts, params, n_heads=8)
+  assert out.poses.shape == (128, 256)
+  assert np.all(np.isfinite(out.poses)) and np.all(np.isfinite(out.activations))
+  np.testing.assert_allclose(np.sum(np.asarray(out.activations, np.float64)), 1.0, rtol=1e-5)
+
+
+# ------------------------------------------------------------ validation
+
+
+def _call(poses=None, acts=None, params=None, **kw):
+  p, a = make_inputs(0)
+  kw.setdefault("n_heads", HEADS)
+  return self_attention_routing(p if poses is None else poses,
+                                a if acts is None else acts,
+                                make_params(0) if params is None else params, **kw)
+
+
+def test_bad_input_shapes_raise():
+  with pytest.raises(ValueError, match=r"poses must have 2 axes \[C, d1\]"):
+    _call(poses=np.zeros((C,), np.float32))
+  with pytest.raises(ValueError, match="poses must hold at least one capsule"):
+    _call(poses=np.zeros((0, D1), np.float32), acts=np.zeros((0,), np.float32))
+  with pytest.raises(ValueError, match=r"activations must have shape \[C\] = \[5\]"):
+    _call(acts=np.zeros((C + 1,), np.float32))
+  with pytest.raises(ValueError, match=r"mask must have shape \[C\] = \[5\]"):
+    _call(mask=np.ones((C, 1), bool))
+  with pytest.raises(ValueError, match="mask must be boolean"):
+    _call(mask=np.ones((C,), np.float32))
+  with pytest.raises(ValueError, match=r"params.w_q must have shape \[d1, d2\] = \[3, 4\]"):
+    _call(params=make_params(0, d1=D1 + 1))
+
+
+@pytest.mark.parametrize("name", SelfAttentionParams._fields)
+def test_bad_param_shape_raises(name):
+  params = make_params(0, with_o=True)
+  bad = np.zeros(np.shape(getattr(params, name)) + (2,), np.float32)
+  with pytest.raises(ValueError, match=rf"params\.{name} must have"):
+    _call(params=params._replace(**{name: bad}))
+
+
+def test_bad_options_raise():
+  with pytest.raises(ValueError, match="n_heads must divide d2 = 4"):
+    _call(n_heads=3)
+  with pytest.raises(ValueError, match="n_heads must be a positive integer"):
+    _call(n_heads=0)
+  with pytest.raises(ValueError, match="params.w_o and params.b_o must be given together"):
+    _call(params=make_params(0, with_o=True)._replace(b_o=None))
+  with pytest.raises(ValueError, match="ln_eps must be positive"):
+    _call(ln_eps=0.0)
