@@ -20,10 +20,12 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from capsjax import _shapes
+from capsjax.routing._heinsen_moments import heinsen_routing_moments
 
 __all__ = ["HeinsenRouting", "heinsen_routing"]
 
 _P_MODELS = ("gaussian", "skm")
+_ALGORITHMS = ("auto", "votes", "moments")
 
 
 class HeinsenRouting(NamedTuple):
@@ -97,6 +99,21 @@ def _validate(a_inp, mu_inp, W, B, beta_use, beta_ign, n_iters, p_model,
   return n_out_
 
 
+def _use_moments(algorithm: str, W, B, n_out: int, chunk_size: int) -> bool:
+  """Whether to route from input moments (see ``algorithm``)."""
+  if algorithm not in _ALGORITHMS:
+    raise ValueError(f"algorithm must be one of {_ALGORITHMS}, got {algorithm!r}.")
+  _shapes.check_positive_int("chunk_size", chunk_size)
+  shared = W.shape[0] == 1 and B.shape[0] == 1
+  if algorithm == "moments" and not shared:
+    raise ValueError(
+        "algorithm='moments' needs W and B shared over inputs (leading axis 1, "
+        f"a variable number of inputs), got W {W.shape} and B {B.shape}.")
+  d_inp, d_out = W.shape[2], W.shape[3]
+  return algorithm == "moments" or (
+      algorithm == "auto" and shared and d_inp * d_inp < n_out * d_out)
+
+
 def heinsen_routing(
     a_inp: ArrayLike,
     mu_inp: ArrayLike,
@@ -111,6 +128,8 @@ def heinsen_routing(
     n_out: int | None = None,
     B_brk: ArrayLike | None = None,
     precision: jax.lax.PrecisionLike = "highest",
+    algorithm: str = "auto",
+    chunk_size: int = 512,
 ) -> HeinsenRouting:
   r"""Routes input capsules to output capsules with Heinsen's EM routing.
 
@@ -175,6 +194,18 @@ def heinsen_routing(
       is true float32 arithmetic, as the official PyTorch code computes by
       default; ``None`` takes JAX's default, which on recent GPUs (TF32) and
       TPUs (bfloat16 passes) trades accuracy (~1e-3) for speed.
+    algorithm: how to compute the same function. ``"votes"`` materialises
+      the votes ``[n_inp, n_out, d_cov, d_out]`` as the official code does.
+      ``"moments"`` needs ``W`` and ``B`` shared over inputs (leading axis 1)
+      and never forms the votes: it routes from per-output moments of the
+      inputs, streamed over chunks of ``chunk_size`` inputs (see
+      ``capsjax/routing/_heinsen_moments.py``), so memory grows with
+      ``chunk_size * n_out`` rather than with the vote tensor. ``"auto"``
+      (default) takes ``"moments"`` where it applies and a per-input moment
+      (``d_inp**2`` values per row) is smaller than the per-input votes
+      (``n_out * d_out``), e.g. Heinsen's smallNORB layer 1, and ``"votes"``
+      otherwise.
+    chunk_size: inputs per chunk for ``algorithm="moments"``.
 
   Returns:
     A :class:`HeinsenRouting` ``(a_out [n_out], mu_out [n_out, d_cov, d_out],
@@ -213,6 +244,14 @@ def heinsen_routing(
     # Variable number of outputs: break the symmetry of identical votes.
     lin = jnp.linspace(-1, 1, n_out, dtype=dtype)
     B = B + jnp.asarray(B_brk, dtype) * lin[:, None, None]  # [1|i, j, c, h]
+
+  if _use_moments(algorithm, W, B, n_out, chunk_size):
+    n_cov, d_inp, d_out = mu_inp.shape[1], W.shape[2], W.shape[3]
+    return HeinsenRouting(*heinsen_routing_moments(
+        a_inp, mu_inp, jnp.broadcast_to(W[0], (n_out, d_inp, d_out)),
+        jnp.broadcast_to(B[0], (n_out, n_cov, d_out)), beta_use, beta_ign,
+        n_iters=n_iters, p_model=p_model, eps=eps, chunk_size=chunk_size,
+        precision=precision))
 
   # Votes (Alg. 1 line 1). A shared W (leading axis 1) is contracted without
   # being tiled over i.

@@ -28,7 +28,7 @@ from tests.testing_utils import assert_rel_close, assert_tree_rel_close, rel_err
 N_INP, N_OUT, D_COV, D_INP, D_OUT = 7, 3, 2, 3, 4
 TOL32, TOL64 = 1e-4, 1e-10
 ARG_NAMES = ("a_inp", "mu_inp", "W", "B", "beta_use", "beta_ign")
-_STATIC = ("n_iters", "p_model", "n_out", "precision")
+_STATIC = ("n_iters", "p_model", "n_out", "precision", "algorithm", "chunk_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,14 +120,17 @@ def assert_all_finite(tree, name=""):
 
 def check_against_reference(args, B_brk, kw, tol, *, cots_seed=1, grads=True,
                             n_out=N_OUT, dtype=np.float32, eager=False,
-                            finite_only=()):
+                            finite_only=(), ours_kw=None):
   """Forward (jitted, and eager if asked) and gradients against the reference.
+
+  ``ours_kw`` are options of ``heinsen_routing`` alone (e.g. ``algorithm``).
 
   Gradients named in ``finite_only`` are only checked to be finite (where
   float32 itself cannot resolve them, e.g. sigmoid'(80) == 0 in float32).
   """
   args, B_brk = as_dtype((args, B_brk), dtype)
   ref = reference_heinsen_routing(*args, B_brk=B_brk, **kw)
+  ref_kw, kw = kw, {**kw, **(ours_kw or {})}
   ours = route_jit(args, B_brk, **kw)
   assert isinstance(ours, HeinsenRouting)
   assert ours.a_out.dtype == dtype
@@ -139,7 +142,7 @@ def check_against_reference(args, B_brk, kw, tol, *, cots_seed=1, grads=True,
   cots = as_dtype(draw_cotangents(args, cots_seed, n_out), dtype)
   g_args, g_brk = grads_jit(args, cots, B_brk, **kw)
   ref_g = reference_grads(args, cots, grad_B_brk=B_brk is not None,
-                          B_brk=B_brk, **kw)
+                          B_brk=B_brk, **ref_kw)
   finite_a = np.isfinite(args[0])
   assert_all_finite(g_args, "grads")
   for name, g in zip(ARG_NAMES, g_args):
@@ -162,6 +165,40 @@ def test_matches_reference_float32(cfg):
   args, B_brk = draw(cfg, 0)
   check_against_reference(args, B_brk, cfg.kwargs, TOL32, cots_seed=10,
                           eager=cfg is CONFIGS[0])
+
+
+@pytest.mark.parametrize("algorithm", ["votes", "moments"])
+@pytest.mark.parametrize("cfg", [CONFIGS[2], CONFIGS[5]], ids=lambda c: c.name)
+def test_both_algorithms_match_reference(cfg, algorithm):
+  # chunk_size 3 over 7 inputs: three chunks, the last padded by two.
+  args, B_brk = draw(cfg, 3)
+  check_against_reference(args, B_brk, cfg.kwargs, TOL32, cots_seed=11,
+                          ours_kw={"algorithm": algorithm, "chunk_size": 3})
+
+
+def test_moments_accurate_in_float32_at_a_larger_offset_shape():
+  # Raw second moments cancel when inputs sit far from the origin; the
+  # centring in the moments path must keep float32 within the bar.
+  rng = np.random.default_rng(5)
+  n_inp, n_out, d = 400, 16, 4
+  args = (2.0 * rng.normal(size=n_inp), rng.normal(size=(n_inp, d, d)) + 5.0,
+          rng.normal(size=(1, n_out, d, d)) / d, 0.5 * rng.normal(size=(1, n_out, d, d)),
+          rng.normal(size=(1, n_out)), rng.normal(size=(1, n_out)))
+  args = as_dtype(args, np.float32)
+  ref = reference_heinsen_routing(*as_dtype(args, np.float64), n_iters=3)
+  ours = route_jit(args, None, n_iters=3, algorithm="moments", chunk_size=128)
+  assert_tree_rel_close(ours, ref, TOL32, "moments")
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(algorithm="fast"), "algorithm must be one of"),
+    (dict(algorithm="moments"), "algorithm='moments' needs W and B shared"),
+    (dict(chunk_size=0), "chunk_size must be a positive integer"),
+])
+def test_algorithm_option_errors(kw, match):
+  args, _ = draw(CONFIGS[0], 0)  # fixed inputs: W per input
+  with pytest.raises(ValueError, match=match):
+    heinsen_routing(*args, **kw)
 
 
 def test_matches_reference_float32_more_draws():
