@@ -55,75 +55,89 @@ def _layer_norm(x: jax.Array, scale: jax.Array | None,
   return y
 
 
-def _routing_step(votes: jax.Array, x_out: jax.Array | None,
-                  ln_scale: jax.Array | None,
-                  ln_bias: jax.Array | None) -> jax.Array:
-  """Eqs. (2)-(4) on votes ``[..., i, n_out, d_out]``, poses ``[..., n_out, d_out]``.
-
-  The leading ``...`` axes are independent routing problems (the output grid
-  of a conv layer); ``i`` is summed over.
-  """
-  n_out, d_out = votes.shape[-2:]
-  if x_out is None:
-    # First iteration: the official code takes softmax_j of zero agreements,
-    # i.e. r_ij = 1/n_out exactly: the pose is the sum over i (not a mean)
-    # divided by n_out.
-    pose = jnp.sum(votes, axis=-3) / n_out
-  else:
-    # Eq. (2) with the official 1/sqrt(d_out) scale (the paper omits it).
-    logits = jnp.einsum("...ijh,...jh->...ij", votes, x_out) / math.sqrt(d_out)
-    r = jax.nn.softmax(logits, axis=-1)                       # Eq. (3)
-    r = r / (jnp.sum(r, axis=-1, keepdims=True) + _RENORM_EPS)
-    pose = jnp.einsum("...ij,...ijh->...jh", r, votes)        # Eq. (4)
-  # The official layer skips LayerNorm on 1-d poses (it would output the bias).
-  if d_out == 1:
+def _finish(pose: jax.Array, ln_scale: jax.Array | None,
+            ln_bias: jax.Array | None) -> jax.Array:
+  """LayerNorm of the summed pose, which the official layer skips on 1-d poses."""
+  if pose.shape[-1] == 1:
     return pose
   return _layer_norm(pose, ln_scale, ln_bias)
 
 
-# ----------------------------------------------------------------------------
-# Votes, Eq. (1).
-# ----------------------------------------------------------------------------
+def _route_block(x_blk: jax.Array, w_blk: jax.Array, x_out: jax.Array | None,
+                 matrix_pose: bool, precision) -> jax.Array:
+  """Eqs. (1)-(4) before LayerNorm for one block of inputs, without the votes.
+
+  Args:
+    x_blk: input poses ``[..., i, d_inp]``; the leading ``...`` axes (a conv
+      layer's output grid) are independent routing problems.
+    w_blk: weights ``[i, n_out, d_inp, d_out]`` or ``[i, n_out, s, s]``.
+    x_out: poses of the layer above ``[..., n_out, d_out]`` or ``None``.
+    matrix_pose: whether poses are flattened ``s x s`` matrices.
+    precision: of the contractions.
+
+  Returns:
+    ``sum_i r_ij v_ij``, ``[..., n_out, d_out]``.
+
+  The votes ``v_ij = x_i W_ij`` are never formed: the agreement
+  ``x_out_j . v_ij`` and the pose ``sum_i r_ij v_ij`` are each one
+  three-operand contraction whose order XLA chooses (the pose becomes a
+  matmul contracting over ``(i, d_inp)``), instead of an ``[..., i, n_out,
+  d_out]`` tensor written out and read back.
+  """
+  n_out = w_blk.shape[1]
+  if matrix_pose:  # x_i, x_out_j as s x s matrices: [.., i, r, c], [.., j, r, h]
+    s = w_blk.shape[-1]
+    d_out = s * s
+    x_blk = x_blk.reshape(x_blk.shape[:-1] + (s, s))
+    if x_out is not None:
+      x_out = x_out.reshape(x_out.shape[:-1] + (s, s))
+    vote, agree, pose = ("...irc,ijch->...jrh", "...irc,ijch,...jrh->...ij",
+                         "...ij,...irc,ijch->...jrh")
+  else:
+    d_out = w_blk.shape[-1]
+    vote, agree, pose = ("...id,ijdh->...jh", "...id,ijdh,...jh->...ij",
+                         "...ij,...id,ijdh->...jh")
+  if x_out is None:
+    # First iteration: the official softmax of zero agreements, r = 1/n_out
+    # exactly, so the pose is the sum (not the mean) of the votes / n_out.
+    out = jnp.einsum(vote, x_blk, w_blk, precision=precision) / n_out
+  else:
+    # Eq. (2) with the official 1/sqrt(d_out) scale (the paper omits it).
+    logits = jnp.einsum(agree, x_blk, w_blk, x_out,
+                        precision=precision) / math.sqrt(d_out)
+    r = jax.nn.softmax(logits, axis=-1)                               # Eq. (3)
+    r = r / (jnp.sum(r, axis=-1, keepdims=True) + _RENORM_EPS)
+    out = jnp.einsum(pose, r, x_blk, w_blk, precision=precision)      # Eq. (4)
+  return out.reshape(out.shape[:-3] + (n_out, d_out)) if matrix_pose else out
 
 
-def _fc_votes(x_inp: jax.Array, W: jax.Array, matrix_pose: bool) -> jax.Array:
-  """Votes ``[n_inp, n_out, d_out]`` of an FC capsule layer."""
-  n_inp, n_out = W.shape[:2]
-  if matrix_pose:
-    s = W.shape[-1]
-    x = x_inp.reshape(n_inp, s, s)
-    votes = jnp.einsum("iax,ijxd->ijad", x, W)  # [i, j, s, s]
-    return votes.reshape(n_inp, n_out, s * s)
-  return jnp.einsum("id,ijdh->ijh", x_inp, W)
+def _conv_pose_sum(x_inp: jax.Array, W: jax.Array, x_out: jax.Array | None,
+                   stride: int, matrix_pose: bool, precision) -> jax.Array:
+  """``sum_i r_ij v_ij`` over all window entries, ``[H', W', n_out, d_out]``.
 
-
-def _windows(x_inp: jax.Array, k: int, stride: int) -> jax.Array:
-  """VALID windows ``[H', W', k, k, n_inp, d_inp]`` of ``[H, W, n_inp, d_inp]``."""
+  Each (window offset, input capsule) routes on its own (softmax over
+  ``n_out`` only), so the ``k*k`` offsets are independent blocks: a scan over
+  them reads each block as a strided slice of ``x_inp`` (no copy of every
+  window) and, rematerialised on the backward pass, keeps one offset's
+  intermediates alive instead of all ``k*k``.
+  """
+  k, n_out = W.shape[0], W.shape[3]
+  d_out = W.shape[-1] ** 2 if matrix_pose else W.shape[-1]
   h_out = (x_inp.shape[0] - k) // stride + 1
   w_out = (x_inp.shape[1] - k) // stride + 1
-  # Static index grids: one gather, whose transpose is a scatter-add.
-  rows = stride * np.arange(h_out)[:, None] + np.arange(k)[None, :]  # [H', k]
-  cols = stride * np.arange(w_out)[:, None] + np.arange(k)[None, :]  # [W', k]
-  return x_inp[rows[:, None, :, None], cols[None, :, None, :]]
+  span = ((h_out - 1) * stride + 1, (w_out - 1) * stride + 1) + x_inp.shape[2:]
 
+  @jax.checkpoint
+  def add_offset(acc, offset):
+    row, col = offset // k, offset % k
+    x_blk = jax.lax.dynamic_slice(x_inp, (row, col, 0, 0), span)[::stride, ::stride]
+    w_blk = jax.lax.dynamic_index_in_dim(
+        jax.lax.dynamic_index_in_dim(W, row, 0, keepdims=False), col, 0,
+        keepdims=False)                                          # [i, j, ...]
+    return acc + _route_block(x_blk, w_blk, x_out, matrix_pose, precision), None
 
-def _conv_votes(x_inp: jax.Array, W: jax.Array, stride: int,
-                matrix_pose: bool) -> jax.Array:
-  """Votes ``[H', W', k*k*n_inp, n_out, d_out]`` of a conv capsule layer.
-
-  The window entries (row offset, column offset, input capsule) are
-  flattened into one axis: each routes on its own, and all are summed over.
-  """
-  k, _, n_inp, n_out = W.shape[:4]
-  patches = _windows(x_inp, k, stride)  # [h, w, k, l, i, d]
-  h_out, w_out = patches.shape[:2]
-  if matrix_pose:
-    s = W.shape[-1]
-    p = patches.reshape(h_out, w_out, k, k, n_inp, s, s)
-    votes = jnp.einsum("hwkliax,klijxd->hwklijad", p, W)
-  else:
-    votes = jnp.einsum("hwklid,klijdo->hwklijo", patches, W)
-  return votes.reshape(h_out, w_out, k * k * n_inp, n_out, -1)
+  acc = jnp.zeros((h_out, w_out, n_out, d_out), jnp.result_type(x_inp, W))
+  return jax.lax.scan(add_offset, acc, jnp.arange(k * k))[0]
 
 
 # ----------------------------------------------------------------------------
@@ -187,6 +201,7 @@ def inverted_attention_fc(
     matrix_pose: bool,
     ln_scale: jax.typing.ArrayLike | None = None,
     ln_bias: jax.typing.ArrayLike | None = None,
+    precision: jax.lax.PrecisionLike = "highest",
 ) -> jax.Array:
   """One inverted dot-product attention routing step of an FC capsule layer.
 
@@ -218,6 +233,9 @@ def inverted_attention_fc(
     matrix_pose: whether poses are flattened ``s x s`` matrices.
     ln_scale: LayerNorm scale ``[d_out]``; ``None`` means ones.
     ln_bias: LayerNorm bias ``[d_out]``; ``None`` means zeros.
+    precision: of every contraction. ``"highest"`` (default) is true float32
+      arithmetic, as the official PyTorch code computes; ``None`` takes JAX's
+      default (TF32 on recent GPUs, ~1e-3 relative error).
 
   Returns:
     The new output poses ``[n_out, d_out]``.
@@ -233,8 +251,9 @@ def inverted_attention_fc(
     _shapes.check_shape("x_out", x_out, (n_out, d_out), "[n_out, d_out]")
   _check_ln(ln_scale, ln_bias, d_out)
 
-  votes = _fc_votes(jnp.asarray(x_inp), jnp.asarray(W), matrix_pose)
-  return _routing_step(votes, _as_array(x_out), _as_array(ln_scale),
+  pose = _route_block(jnp.asarray(x_inp), jnp.asarray(W), _as_array(x_out),
+                     matrix_pose, precision)
+  return _finish(pose, _as_array(ln_scale),
                        _as_array(ln_bias))
 
 
@@ -247,6 +266,7 @@ def inverted_attention_conv(
     matrix_pose: bool,
     ln_scale: jax.typing.ArrayLike | None = None,
     ln_bias: jax.typing.ArrayLike | None = None,
+    precision: jax.lax.PrecisionLike = "highest",
 ) -> jax.Array:
   """One inverted dot-product attention routing step of a conv capsule layer.
 
@@ -280,6 +300,9 @@ def inverted_attention_conv(
     matrix_pose: whether poses are flattened ``s x s`` matrices.
     ln_scale: LayerNorm scale ``[d_out]``; ``None`` means ones.
     ln_bias: LayerNorm bias ``[d_out]``; ``None`` means zeros.
+    precision: of every contraction. ``"highest"`` (default) is true float32
+      arithmetic, as the official PyTorch code computes; ``None`` takes JAX's
+      default (TF32 on recent GPUs, ~1e-3 relative error).
 
   Returns:
     The new output poses ``[H', W', n_out, d_out]``.
@@ -307,8 +330,9 @@ def inverted_attention_conv(
                         "[H', W', n_out, d_out]")
   _check_ln(ln_scale, ln_bias, d_out)
 
-  votes = _conv_votes(jnp.asarray(x_inp), jnp.asarray(W), stride, matrix_pose)
-  return _routing_step(votes, _as_array(x_out), _as_array(ln_scale),
+  pose = _conv_pose_sum(jnp.asarray(x_inp), jnp.asarray(W), _as_array(x_out),
+                        stride, matrix_pose, precision)
+  return _finish(pose, _as_array(ln_scale),
                        _as_array(ln_bias))
 
 
