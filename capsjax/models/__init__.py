@@ -1,4 +1,10 @@
-"""capsjax.models: each paper's networks, one constructor per configuration."""
+"""capsjax.models: each paper's networks, one constructor per configuration.
+
+Each paper's module (``capsjax.models.tsai2020`` ...) holds its constructors;
+the most used names are re-exported here.
+"""
+
+from capsjax.models import heinsen2019, tsai2020
 
 from capsjax.models.heinsen2019 import (
     SmallNORBClassifier,
@@ -12,6 +18,8 @@ from capsjax.models.heinsen2019 import (
 )
 
 __all__ = [
+    "heinsen2019",
+    "tsai2020",
     "SSTClassifier",
     "SmallNORBClassifier",
     "add_coord_channels",

@@ -4,10 +4,44 @@ Each layer owns its parameters with the paper's (or the authors' code's)
 initialisation and ``jax.vmap``s its per-sample kernel over the batch.
 """
 
+from capsjax.nn.backbones import (
+    BaselineCNN,
+    BasicBlock,
+    MultiMNISTBaselineCNN,
+    ResNetBackbone,
+    SimpleBackbone,
+    torch_batch_norm,
+    torch_bias_init,
+    torch_conv,
+    torch_kernel_init,
+    torch_linear,
+)
 from capsjax.nn.heinsen import HeinsenRoutingLayer
 from capsjax.nn.heinsen_stem import SmallNORBStem
+from capsjax.nn.inverted_attention import (
+    InvertedAttentionConv,
+    InvertedAttentionFC,
+    RoutedCapsules,
+    tsai_weight_init,
+)
+from capsjax.nn.primary_capsules import PrimaryCapsules
 
 __all__ = [
+    "BaselineCNN",
+    "BasicBlock",
     "HeinsenRoutingLayer",
+    "InvertedAttentionConv",
+    "InvertedAttentionFC",
+    "MultiMNISTBaselineCNN",
+    "PrimaryCapsules",
+    "ResNetBackbone",
+    "RoutedCapsules",
+    "SimpleBackbone",
     "SmallNORBStem",
+    "torch_batch_norm",
+    "torch_bias_init",
+    "torch_conv",
+    "torch_kernel_init",
+    "torch_linear",
+    "tsai_weight_init",
 ]
