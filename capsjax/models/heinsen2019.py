@@ -31,9 +31,9 @@ from jax.typing import ArrayLike
 
 from capsjax import _shapes
 from capsjax.nn.heinsen import HeinsenRoutingLayer
-from capsjax.nn.heinsen_stem import (SmallNORBStem, batch_norm, kaiming_normal,
-                                     torch_default_bias_init,
-                                     torch_default_kernel_init)
+from capsjax.nn.heinsen_stem import SmallNORBStem
+from capsjax.nn.torch_init import (kaiming_normal, torch_batch_norm, torch_bias_init,
+                                   torch_kernel_init)
 from capsjax.routing.heinsen import HeinsenRouting
 
 __all__ = [
@@ -134,14 +134,14 @@ class SmallNORBClassifier(nnx.Module):
     self.n_objs, self.n_parts, self.d_chns = n_objs, n_parts, d_chns
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.stem = SmallNORBStem(4, d_chns, **kw)
-    self.norm_a = batch_norm(d_chns, **kw)
+    self.norm_a = torch_batch_norm(d_chns, **kw)
     self.conv_a = nnx.Conv(
-        d_chns, n_parts, (1, 1), kernel_init=torch_default_kernel_init(),
-        bias_init=torch_default_bias_init(d_chns), **kw)
-    self.norm_mu = batch_norm(d_chns, **kw)
+        d_chns, n_parts, (1, 1), kernel_init=torch_kernel_init,
+        bias_init=torch_bias_init(d_chns), **kw)
+    self.norm_mu = torch_batch_norm(d_chns, **kw)
     self.conv_mu = nnx.Conv(
-        d_chns, n_parts * 16, (1, 1), kernel_init=torch_default_kernel_init(),
-        bias_init=torch_default_bias_init(d_chns), **kw)
+        d_chns, n_parts * 16, (1, 1), kernel_init=torch_kernel_init,
+        bias_init=torch_bias_init(d_chns), **kw)
     self.routing1 = HeinsenRoutingLayer(4, 4, 4, n_inp=None, n_out=n_parts,
                                         n_iters=n_iters, **kw)
     self.routing2 = HeinsenRoutingLayer(4, 4, 4, n_inp=n_parts, n_out=n_objs,

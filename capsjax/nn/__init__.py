@@ -10,11 +10,6 @@ from capsjax.nn.backbones import (
     MultiMNISTBaselineCNN,
     ResNetBackbone,
     SimpleBackbone,
-    torch_batch_norm,
-    torch_bias_init,
-    torch_conv,
-    torch_kernel_init,
-    torch_linear,
 )
 from capsjax.nn.heinsen import HeinsenRoutingLayer
 from capsjax.nn.heinsen_stem import SmallNORBStem
@@ -25,6 +20,14 @@ from capsjax.nn.inverted_attention import (
     tsai_weight_init,
 )
 from capsjax.nn.primary_capsules import PrimaryCapsules
+from capsjax.nn.torch_init import (
+    kaiming_normal,
+    torch_batch_norm,
+    torch_bias_init,
+    torch_conv,
+    torch_kernel_init,
+    torch_linear,
+)
 
 __all__ = [
     "BaselineCNN",
@@ -38,6 +41,7 @@ __all__ = [
     "RoutedCapsules",
     "SimpleBackbone",
     "SmallNORBStem",
+    "kaiming_normal",
     "torch_batch_norm",
     "torch_bias_init",
     "torch_conv",

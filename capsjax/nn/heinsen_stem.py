@@ -1,5 +1,4 @@
-"""The convolutional stem of Heinsen's (2019) smallNORB model, and the
-PyTorch initialisations the authors' code relies on.
+"""The convolutional stem of Heinsen's (2019) smallNORB model.
 
 The stem is Fig. 3(c) of the paper: six 3x3 convolutions without padding,
 64 channels, strides 1, 2, 1, 2, 1, 2, each *preceded* by BatchNorm and
@@ -8,7 +7,6 @@ followed by Swish (``x * sigmoid(x)``). Images are NHWC.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,58 +16,9 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from capsjax import _shapes
+from capsjax.nn.torch_init import kaiming_normal, torch_batch_norm
 
-__all__ = [
-    "SmallNORBStem",
-    "batch_norm",
-    "kaiming_normal",
-    "torch_default_bias_init",
-    "torch_default_kernel_init",
-]
-
-# PyTorch's BatchNorm2d: running = 0.9 running + 0.1 batch; eps 1e-5.
-_BN_MOMENTUM = 0.9
-_BN_EPS = 1e-5
-
-
-def kaiming_normal() -> nnx.Initializer:
-  """``torch.nn.init.kaiming_normal_`` with its defaults.
-
-  ``N(0, 2 / fan_in)``, untruncated (fan_in mode, ReLU gain ``sqrt(2)``).
-  Flax kernels are ``[..., fan_in, fan_out]`` (``[kh, kw, in, out]`` for a
-  convolution), so fan_in is the product of every axis but the last.
-  """
-  return jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-
-
-def torch_default_kernel_init() -> nnx.Initializer:
-  """PyTorch's default ``Linear``/``Conv`` weight init.
-
-  ``kaiming_uniform_(a=sqrt(5))``, i.e. ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
-  """
-  return jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def torch_default_bias_init(fan_in: int) -> nnx.Initializer:
-  """PyTorch's default ``Linear``/``Conv`` bias init, ``U(±1/sqrt(fan_in))``."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-def batch_norm(num_features: int, *, dtype: Any, param_dtype: Any,
-               rngs: nnx.Rngs) -> nnx.BatchNorm:
-  """``nnx.BatchNorm`` with PyTorch's ``BatchNorm2d`` constants.
-
-  (PyTorch's running variance uses the unbiased batch variance; Flax's uses
-  the biased one. Training-mode outputs are identical.)
-  """
-  return nnx.BatchNorm(num_features, momentum=_BN_MOMENTUM, epsilon=_BN_EPS,
-                       use_fast_variance=False, dtype=dtype,
-                       param_dtype=param_dtype, rngs=rngs)
+__all__ = ["SmallNORBStem"]
 
 
 class SmallNORBStem(nnx.Module):
@@ -116,7 +65,7 @@ class SmallNORBStem(nnx.Module):
     self.strides = tuple(strides)
     chans = [in_features] + [features] * len(self.strides)
     self.norms = nnx.List([
-        batch_norm(c, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        torch_batch_norm(c, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         for c in chans[:-1]])
     self.convs = nnx.List([
         nnx.Conv(c_in, c_out, (3, 3), strides=s, padding="VALID",
