@@ -20,6 +20,14 @@ from capsjax.nn.inverted_attention import (
     tsai_weight_init,
 )
 from capsjax.nn.primary_capsules import PrimaryCapsules
+from capsjax.nn.routing_baselines import (
+    DynamicRoutingLayer,
+    EMRoutingLayer,
+    FCRoutingLayer,
+    NoRoutingLayer,
+    SetTransformerRoutingLayer,
+)
+from capsjax.nn.self_attention import Capsules, SelfAttentionRoutingLayer
 from capsjax.nn.torch_init import (
     kaiming_normal,
     torch_batch_norm,
@@ -32,13 +40,20 @@ from capsjax.nn.torch_init import (
 __all__ = [
     "BaselineCNN",
     "BasicBlock",
+    "Capsules",
+    "DynamicRoutingLayer",
+    "EMRoutingLayer",
+    "FCRoutingLayer",
     "HeinsenRoutingLayer",
     "InvertedAttentionConv",
     "InvertedAttentionFC",
     "MultiMNISTBaselineCNN",
+    "NoRoutingLayer",
     "PrimaryCapsules",
     "ResNetBackbone",
     "RoutedCapsules",
+    "SelfAttentionRoutingLayer",
+    "SetTransformerRoutingLayer",
     "SimpleBackbone",
     "SmallNORBStem",
     "kaiming_normal",
