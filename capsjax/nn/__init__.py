@@ -11,6 +11,13 @@ from capsjax.nn.backbones import (
     ResNetBackbone,
     SimpleBackbone,
 )
+from capsjax.nn.fusion import (
+    FusionBlock,
+    FusionTransformer,
+    GatedEmbeddingUnit,
+    masked_mean,
+    timm_trunc_normal,
+)
 from capsjax.nn.heinsen import HeinsenRoutingLayer
 from capsjax.nn.heinsen_stem import SmallNORBStem
 from capsjax.nn.inverted_attention import (
@@ -44,6 +51,9 @@ __all__ = [
     "DynamicRoutingLayer",
     "EMRoutingLayer",
     "FCRoutingLayer",
+    "FusionBlock",
+    "FusionTransformer",
+    "GatedEmbeddingUnit",
     "HeinsenRoutingLayer",
     "InvertedAttentionConv",
     "InvertedAttentionFC",
@@ -57,6 +67,8 @@ __all__ = [
     "SimpleBackbone",
     "SmallNORBStem",
     "kaiming_normal",
+    "masked_mean",
+    "timm_trunc_normal",
     "torch_batch_norm",
     "torch_bias_init",
     "torch_conv",
