@@ -63,9 +63,13 @@ def compile_fn(fn: Callable, *args, **jit_kwargs) -> Compiled:
                   float(cost.get("bytes accessed", 0.0)), peak_bytes(compiled))
 
 
-def time_compiled(compiled_fn, *args, min_time: float = 0.5, min_reps: int = 2,
+def time_compiled(compiled_fn, *args, min_time: float = 0.5, min_reps: int = 1,
                   max_reps: int = 20) -> float:
-  """Median wall time in seconds of ``compiled_fn(*args)`` after a warm-up."""
+  """Median wall time in seconds of ``compiled_fn(*args)`` after a warm-up.
+
+  Repeats until ``min_time`` seconds have passed (at least ``min_reps``
+  times), so a multi-second step is timed once after its warm-up.
+  """
   jax.block_until_ready(compiled_fn(*args))
   times: list[float] = []
   while len(times) < max_reps and (len(times) < min_reps or sum(times) < min_time):

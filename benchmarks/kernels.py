@@ -59,7 +59,7 @@ def _normal(rng, *shape, scale=1.0):
   return (scale * rng.standard_normal(shape)).astype(np.float32)
 
 
-def _heinsen_case(name, n_inp, n_out, var_inp, batch):
+def _heinsen_case(name, n_inp, n_out, var_inp, batch, algorithm="auto"):
   d_cov = d_inp = d_out = 4
   n_w = 1 if var_inp else n_inp
 
@@ -69,8 +69,10 @@ def _heinsen_case(name, n_inp, n_out, var_inp, batch):
             _normal(rng, n_w, n_out, d_cov, d_out, scale=0.1),
             _normal(rng, n_w, n_out, scale=0.1), _normal(rng, n_w, n_out, scale=0.1))
 
-  return Case(name, f"{n_inp} -> {n_out} caps 4x4", batch,
-              lambda a, mu, w, b, bu, bi: routing.heinsen_routing(a, mu, w, b, bu, bi, n_iters=3),
+  # What the next layer reads (R, the routing probabilities, is diagnostic).
+  return Case(name, f"{n_inp} -> {n_out} caps 4x4, {algorithm}", batch,
+              lambda a, mu, w, b, bu, bi: routing.heinsen_routing(
+                  a, mu, w, b, bu, bi, n_iters=3, algorithm=algorithm)[:3],
               make, batched=(0, 1), diff=(1, 2, 3, 4, 5))
 
 
@@ -102,16 +104,41 @@ def _tsai_fc_case(batch):
               make, batched=(0, 2), diff=(0, 1, 2))
 
 
+def _self_attention_case(n_caps, d1, d2, batch, n_heads=8, hidden=1024):
+  def make(rng):
+    def w(*shape):
+      return _normal(rng, *shape, scale=shape[0]**-0.5)
+    params = routing.SelfAttentionParams(
+        w_q=w(d1, d2), b_q=np.zeros(d2, np.float32), w_k=w(d1, d2), b_k=np.zeros(d2, np.float32),
+        w_v=w(d1, d2), b_v=np.zeros(d2, np.float32), ln1_scale=np.ones(d2, np.float32),
+        ln1_bias=np.zeros(d2, np.float32), w_mlp1=w(d2, hidden), b_mlp1=np.zeros(hidden, np.float32),
+        w_mlp2=w(hidden, d2), b_mlp2=np.zeros(d2, np.float32), ln2_scale=np.ones(d2, np.float32),
+        ln2_bias=np.zeros(d2, np.float32), w_p=w(d2, 1), b_p=np.zeros(1, np.float32))
+    return (_normal(rng, n_caps, d1), rng.uniform(size=n_caps).astype(np.float32), params)
+
+  return Case("duarte_self_attention", f"C={n_caps}, d1={d1} -> d2={d2}, {n_heads} heads", batch,
+              lambda x, p, params: routing.self_attention_routing(x, p, params, n_heads=n_heads),
+              make, batched=(0, 1), diff=(0, 1, 2))
+
+
 def _cases() -> list[Case]:
   return [
-      # Heinsen (2019) smallNORB, Fig. 3: batch 20, 3 iterations.
+      # Heinsen (2019) smallNORB, Fig. 3: batch 20, 3 iterations. Layer 1 also
+      # with the vote-materialising algorithm of the official code, the
+      # in-run baseline.
       _heinsen_case("heinsen_smallnorb_layer1", 5184, 64, var_inp=True, batch=20),
+      _heinsen_case("heinsen_smallnorb_layer1_votes", 5184, 64, var_inp=True, batch=20,
+                    algorithm="votes"),
       _heinsen_case("heinsen_smallnorb_layer2", 64, 5, var_inp=False, batch=20),
       # Tsai et al. (2020) CIFAR-10 ResNet backbone (resnet_backbone_CIFAR10.json):
       # one routing step with poses of the layer above, batch 128.
       _tsai_conv_case("tsai_cifar10_conv1", 16, 7, 2, batch=128),
       _tsai_conv_case("tsai_cifar10_conv2", 7, 5, 1, batch=128),
       _tsai_fc_case(batch=128),
+      # The shape of ENVIRONMENT.md's timing of the authors' code (batch 32).
+      _tsai_conv_case("tsai_cifar10_conv1_b32", 16, 7, 2, batch=32),
+      # Duarte et al. (2021): C=128, d1=32, d2=256, batch 512.
+      _self_attention_case(128, 32, 256, batch=512),
       # Baselines at Sabour et al.'s MNIST shape (1152 -> 10 capsules of 16).
       Case("dynamic_routing", "1152 -> 10 caps of 16", 128,
            lambda u: routing.dynamic_routing(u, n_iters=3),
@@ -154,7 +181,7 @@ def run_case(case: Case, batch_scale: float, min_time: float) -> list[Any]:
   batch = max(1, int(round(case.batch * batch_scale))) if case.batch else 0
   for k in case.batched:
     args[k] = np.stack([args[k]] + [case.make_args(rng)[k] for _ in range(batch - 1)])
-  args = [jnp.asarray(a) for a in args]
+  args = jax.tree.map(jnp.asarray, args)
   fn = _batched_fn(case, len(args))
 
   fwd = harness.compile_fn(fn, *args)
@@ -188,8 +215,9 @@ def main(argv):
     rows.append(run_case(case, _BATCH_SCALE.value, _MIN_TIME.value))
     print(f"  done {case.name}", flush=True)
   print(harness.format_table(HEADER, rows))
-  print("peak MiB: the compiled forward+backward step (forward for multi_sinkhorn); "
-        "GFLOP: XLA's count for that step.")
+  print("peak MiB: the compiled forward+backward step (forward for multi_sinkhorn): "
+        "arguments + outputs + temporaries; GFLOP: XLA's count for that step. Heinsen "
+        "rows differentiate (a_out, mu_out, sig2_out), what the next layer reads.")
 
 
 if __name__ == "__main__":
