@@ -4,7 +4,7 @@ Each paper's module (``capsjax.models.tsai2020`` ...) holds its constructors;
 the most used names are re-exported here.
 """
 
-from capsjax.models import duarte2021, heinsen2019, swetha2023, tsai2020
+from capsjax.models import duarte2021, heinsen2019, li2018, swetha2023, tsai2020
 
 from capsjax.models.heinsen2019 import (
     SmallNORBClassifier,
@@ -20,6 +20,7 @@ from capsjax.models.heinsen2019 import (
 __all__ = [
     "duarte2021",
     "heinsen2019",
+    "li2018",
     "swetha2023",
     "tsai2020",
     "SSTClassifier",

@@ -11,6 +11,7 @@ from capsjax.nn.backbones import (
     ResNetBackbone,
     SimpleBackbone,
 )
+from capsjax.nn.encapnet import CapConv, CapFC, ConvTranspose, FeedbackAgreement
 from capsjax.nn.fusion import (
     FusionBlock,
     FusionTransformer,
@@ -47,10 +48,14 @@ from capsjax.nn.torch_init import (
 __all__ = [
     "BaselineCNN",
     "BasicBlock",
+    "CapConv",
+    "CapFC",
     "Capsules",
     "DynamicRoutingLayer",
+    "ConvTranspose",
     "EMRoutingLayer",
     "FCRoutingLayer",
+    "FeedbackAgreement",
     "FusionBlock",
     "FusionTransformer",
     "GatedEmbeddingUnit",
