@@ -333,7 +333,9 @@ def test_variable_inputs_match_fixed_path_with_tiled_params(p_model):
   assert tiled[2].shape == (N_INP, N_OUT, D_INP, D_OUT)
   shared_out = route_jit(args, **cfg.kwargs)
   tiled_out = route_jit(tiled, **cfg.kwargs)
-  assert_tree_rel_close(shared_out, tiled_out, 1e-6, "tiled")
+  # The shared path runs the moments algorithm, the tiled one the votes:
+  # different float32 round-off, so 1e-5 (10x tighter than the 1e-4 bar).
+  assert_tree_rel_close(shared_out, tiled_out, 1e-5, "tiled")
   cots = draw_cotangents(args)
   g_shared, _ = grads_jit(args, cots, **cfg.kwargs)
   g_tiled, _ = grads_jit(tiled, cots, **cfg.kwargs)
@@ -405,8 +407,10 @@ def test_padding_is_ignored_completely(cfg):
   for mu in (args[1], mu_nan):
     out = route_jit((a, mu, *args[2:]), B_brk, **cfg.kwargs)
     assert_all_finite(out, "padded outputs")
-    assert_tree_rel_close(out[:3], want[:3], 1e-6, "padded")
-    assert_rel_close(out.R[keep], want.R, 1e-6, "R")
+    # Padding changes the length of every reduction over inputs, hence the
+    # float32 round-off: 1e-5, 10x tighter than the 1e-4 bar.
+    assert_tree_rel_close(out[:3], want[:3], 1e-5, "padded")
+    assert_rel_close(out.R[keep], want.R, 1e-5, "R")
   # Against the official code (whose padded capsules must be finite; only
   # the padded rows of R depend on them).
   check_against_reference((a, *args[1:]), B_brk, cfg.kwargs, TOL32)
@@ -456,8 +460,9 @@ def test_all_but_one_padded_is_the_single_input(cfg):
   a = np.where(keep, args[0], -np.inf).astype(np.float32)
   out = route_jit((a, *args[1:]), B_brk, **cfg.kwargs)
   single = route_jit(remove_inputs(args, keep), B_brk, **cfg.kwargs)
-  assert_tree_rel_close(out[:3], single[:3], 1e-6, "all but one")
-  assert_rel_close(out.R[keep], single.R, 1e-6, "R")
+  # Different reduction lengths: 1e-5, as in the padding test above.
+  assert_tree_rel_close(out[:3], single[:3], 1e-5, "all but one")
+  assert_rel_close(out.R[keep], single.R, 1e-5, "R")
   check_against_reference((a, *args[1:]), B_brk, cfg.kwargs, TOL32)
 
 
