@@ -9,6 +9,13 @@ float32 matmul of similar FLOP count measured in the same run.
   python benchmarks/kernels.py                   # every row, ~3-5 min on 2 cores
   python benchmarks/kernels.py --only=heinsen    # rows whose name matches a regex
   python benchmarks/kernels.py --batch_scale=0.25
+  python benchmarks/kernels.py --scaling            # cost as input capsules double
+
+Each row also shows the step's floor on this machine: XLA's FLOP count at the
+matmul rate and XLA's byte count at the memory-copy rate, both measured in the
+same run, whichever is slower; "x floor" is the measured time over it. XLA's
+byte count is what this implementation moves, so the floor is an upper bound
+on the true one.
 
 Times on a busy machine swing 2x between runs: compare the ratios within one
 table, not absolute figures across tables.
@@ -32,6 +39,10 @@ from capsjax import losses, ot, routing
 _ONLY = flags.DEFINE_string("only", "", "Run only the rows whose name matches this regex.")
 _BATCH_SCALE = flags.DEFINE_float(
     "batch_scale", 1.0, "Multiply every paper batch size by this (>= 1 sample).")
+_SCALING = flags.DEFINE_bool(
+    "scaling", False, "Print the scaling table (and plot it to --plot) instead.")
+_PLOT = flags.DEFINE_string(
+    "plot", "benchmarks/scaling.png", "Where --scaling writes its plot (needs matplotlib).")
 _MIN_TIME = flags.DEFINE_float(
     "min_time", 1.0, "Repeat each timed call until this many seconds have passed.")
 
@@ -175,7 +186,8 @@ def _sum_squares(tree) -> jax.Array:
   return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
 
 
-def run_case(case: Case, batch_scale: float, min_time: float) -> list[Any]:
+def run_case(case: Case, batch_scale: float, min_time: float,
+             copy_gbps: float) -> list[Any]:
   rng = np.random.default_rng(0)
   args = list(case.make_args(rng))
   batch = max(1, int(round(case.batch * batch_scale))) if case.batch else 0
@@ -195,24 +207,86 @@ def run_case(case: Case, batch_scale: float, min_time: float) -> list[Any]:
   gflops = step.flops / 1e9
   achieved = gflops / step_s
   mm = harness.matmul_gflops(harness.matmul_size_for(step.flops))
+  floor_s = max(gflops / mm, step.bytes_accessed / 1e9 / copy_gbps)
   return [case.name, case.shape, batch or "-", fwd.compile_s + (step.compile_s if case.diff else 0),
           fwd_s * 1e3, step_s * 1e3 if case.diff else "-", harness.mib(step.peak_bytes), gflops,
-          achieved, mm, f"{100 * achieved / mm:.0f}%"]
+          achieved, mm, f"{100 * achieved / mm:.0f}%", step.bytes_accessed / 1e9,
+          floor_s * 1e3, step_s / floor_s]
 
 
 HEADER = ["kernel", "shape", "batch", "compile s", "fwd ms", "fwd+bwd ms",
-          "peak MiB", "GFLOP", "GFLOP/s", "matmul GFLOP/s", "of matmul"]
+          "peak MiB", "GFLOP", "GFLOP/s", "matmul GFLOP/s", "of matmul",
+          "GB moved", "floor ms", "x floor"]
+
+
+def _scaling_cases() -> list[tuple[str, int, Case]]:
+  """(family, size, case): input capsules doubling, at a reduced batch."""
+  cases = [("heinsen (moments)", n, _heinsen_case(f"heinsen_{n}", n, 64, True, batch=4))
+           for n in (5184, 10368, 20736, 41472)]
+  cases += [("heinsen (votes)", n, _heinsen_case(f"heinsen_votes_{n}", n, 64, True, batch=4,
+                                                 algorithm="votes"))
+            for n in (5184, 10368, 20736)]
+  cases += [("duarte self-attention", c, _self_attention_case(c, 32, 256, batch=64))
+            for c in (32, 64, 128, 256)]
+  cases += [("dynamic", n, Case(f"dynamic_{n}", "", 16, lambda u: routing.dynamic_routing(u),
+                                lambda rng, n=n: (_normal(rng, n, 10, 16, scale=0.05),),
+                                batched=(0,), diff=(0,)))
+            for n in (1152, 2304, 4608, 9216)]
+  return cases
+
+
+def run_scaling(min_time: float, plot_path: str) -> None:
+  """Time and peak memory of fwd+bwd as the number of input capsules doubles."""
+  rows, series = [], {}
+  for family, size, case in _scaling_cases():
+    r = run_case(case, 1.0, min_time, copy_gbps=1.0)
+    ms, mib = r[5], r[6]
+    prev = series.get(family, [])[-1:] or [None]
+    growth = "-" if prev[0] is None else f"{mib / prev[0][2]:.2f}x"
+    series.setdefault(family, []).append((size, ms, mib))
+    rows.append([family, size, case.batch, ms, mib, growth])
+    print(f"  done {case.name}", flush=True)
+  print(harness.format_table(
+      ["family", "input capsules", "batch", "fwd+bwd ms", "peak MiB",
+       "memory growth per doubling"], rows))
+  print("Linear memory doubles with the inputs (growth 2.00x); a quadratic term shows "
+        "as growth toward 4x.")
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print("matplotlib is not installed: no plot written.")
+    return
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for family, pts in series.items():
+    sizes, ms, mib = zip(*pts)
+    axes[0].loglog(sizes, ms, "o-", label=family)
+    axes[1].loglog(sizes, mib, "o-", label=family)
+  for ax, label in zip(axes, ("fwd+bwd time per batch (ms)", "peak memory (MiB)")):
+    ax.set_xlabel("input capsules")
+    ax.set_ylabel(label)
+    ax.grid(True, which="both", alpha=0.3)
+  axes[1].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(plot_path, dpi=120)
+  print(f"plot written to {plot_path}")
 
 
 def main(argv):
   del argv
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, "
         f"{jax.device_count()} device(s)")
+  if _SCALING.value:
+    run_scaling(_MIN_TIME.value, _PLOT.value)
+    return
+  copy = harness.copy_gbps()
+  print(f"memory copy: {copy:.1f} GB/s")
   rows = []
   for case in _cases():
     if _ONLY.value and not re.search(_ONLY.value, case.name):
       continue
-    rows.append(run_case(case, _BATCH_SCALE.value, _MIN_TIME.value))
+    rows.append(run_case(case, _BATCH_SCALE.value, _MIN_TIME.value, copy))
     print(f"  done {case.name}", flush=True)
   print(harness.format_table(HEADER, rows))
   print("peak MiB: the compiled forward+backward step (forward for multi_sinkhorn): "

@@ -29,8 +29,6 @@ from flax import nnx
 
 from capsjax import _shapes
 from capsjax.nn.torch_init import torch_batch_norm, torch_conv, torch_linear
-# TEMPORARY (lead): names other in-flight modules still import from here.
-from capsjax.nn.torch_init import torch_bias_init, torch_kernel_init  # noqa: F401
 
 __all__ = [
     "BasicBlock",

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from capsjax import _shapes
-from capsjax.nn.backbones import torch_conv
+from capsjax.nn.torch_init import torch_conv
 
 __all__ = ["PrimaryCapsules"]
 
