@@ -37,8 +37,8 @@ from flax import nnx
 
 from capsjax import _shapes
 from capsjax.nn.backbones import (BaselineCNN, MultiMNISTBaselineCNN,
-                                  ResNetBackbone, SimpleBackbone, torch_conv,
-                                  torch_linear)
+                                  ResNetBackbone, SimpleBackbone)
+from capsjax.nn.torch_init import torch_conv, torch_linear
 from capsjax.nn.inverted_attention import (InvertedAttentionConv,
                                            InvertedAttentionFC, RoutedCapsules)
 from capsjax.nn.primary_capsules import PrimaryCapsules
