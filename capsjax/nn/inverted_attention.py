@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from capsjax import _shapes
+from capsjax._numerics import layer_norm as _layer_norm
 from capsjax.routing.inverted_attention import (inverted_attention_conv,
                                                 inverted_attention_fc)
 
@@ -51,7 +52,6 @@ __all__ = [
     "tsai_weight_init",
 ]
 
-_LN_EPS = 1e-5      # torch.nn.LayerNorm's default, as in the official code.
 _ACT_EPS = 1e-6     # keeps ablation C's variances and mass ratios finite.
 
 
@@ -82,13 +82,6 @@ def tsai_weight_init(n_inp: int, n_out: int, d_inp: int, kernel_size: int = 1,
     return jax.random.normal(key, shape, dtype) * jnp.asarray(const, dtype)
 
   return init
-
-
-def _layer_norm(x, scale, bias):
-  """LayerNorm over the last axis, biased variance, as ``torch.nn.LayerNorm``."""
-  centred = x - jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-  return centred * jax.lax.rsqrt(var + _LN_EPS) * scale + bias
 
 
 def _route_pre_norm(votes, x_out, a_inp, beta_a, beta_u):

@@ -44,6 +44,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from capsjax import _shapes
+from capsjax._numerics import layer_norm as _layer_norm, masked_softmax as _masked_softmax
 from capsjax.nn.torch_init import torch_bias_init
 from capsjax.nn.self_attention import Capsules, check_capsules, linear_params
 from capsjax.routing.dynamic import dynamic_routing
@@ -56,27 +57,6 @@ __all__ = [
     "NoRoutingLayer",
     "SetTransformerRoutingLayer",
 ]
-
-
-def _masked_softmax(logits: jax.Array, keep: jax.Array, axis: int) -> jax.Array:
-  """Softmax over ``keep`` along ``axis``; exactly 0 elsewhere (all 0 if none).
-
-  The double ``where`` keeps dropped logits out of ``exp`` in the forward and
-  backward pass.
-  """
-  keep = jnp.broadcast_to(keep, logits.shape)
-  top = jnp.max(jnp.where(keep, logits, -jnp.inf), axis=axis, keepdims=True)
-  top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))
-  e = jnp.where(keep, jnp.exp(jnp.where(keep, logits, top) - top), 0)
-  denom = jnp.sum(e, axis=axis, keepdims=True)
-  return e / jnp.where(denom > 0, denom, 1)
-
-
-def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array,
-                eps: float) -> jax.Array:
-  centred = x - jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-  return centred * jax.lax.rsqrt(var + eps) * scale + bias
 
 
 def _safe_norm(v: jax.Array) -> jax.Array:

@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from capsjax import _shapes
+from capsjax._numerics import layer_norm as _layer_norm
 
-# nn.LayerNorm's default epsilon in the official code.
-_LN_EPS = 1e-5
 # The official code divides r by (sum_j r + 1e-10) after the softmax. It is a
 # no-op in float32 but moves float64 results by ~1e-10, so it is kept to
 # match the official function exactly where jax_enable_x64 is on.
@@ -40,19 +39,6 @@ _RENORM_EPS = 1e-10
 # ----------------------------------------------------------------------------
 # Shared routing step.
 # ----------------------------------------------------------------------------
-
-
-def _layer_norm(x: jax.Array, scale: jax.Array | None,
-                bias: jax.Array | None) -> jax.Array:
-  """LayerNorm over the last axis, biased variance, as ``torch.nn.LayerNorm``."""
-  centred = x - jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-  y = centred * jax.lax.rsqrt(var + _LN_EPS)
-  if scale is not None:
-    y = y * scale
-  if bias is not None:
-    y = y + bias
-  return y
 
 
 def _finish(pose: jax.Array, ln_scale: jax.Array | None,

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from capsjax._numerics import layer_norm as _layer_norm, masked_softmax as _masked_softmax
 from capsjax._shapes import check_ndim, check_positive_int, check_shape
 
 
@@ -76,28 +77,6 @@ class SelfAttentionRouting(NamedTuple):
 
   poses: jax.Array
   activations: jax.Array
-
-
-def _masked_softmax(logits: jax.Array, keep: jax.Array, axis: int) -> jax.Array:
-  """Softmax over ``axis`` restricted to ``keep``; all zeros if nothing is kept.
-
-  The double ``where`` keeps excluded logits out of ``exp`` so that neither the
-  forward pass nor the gradient sees an ``inf``.
-  """
-  keep = jnp.broadcast_to(keep, logits.shape)
-  top = jnp.max(jnp.where(keep, logits, -jnp.inf), axis=axis, keepdims=True)
-  top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))
-  e = jnp.where(keep, jnp.exp(jnp.where(keep, logits, top) - top), 0)
-  denom = jnp.sum(e, axis=axis, keepdims=True)
-  return e / jnp.where(denom > 0, denom, 1)
-
-
-def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array,
-                eps: float) -> jax.Array:
-  """LayerNorm over the last axis (biased variance, ``eps`` inside the root)."""
-  centred = x - jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-  return centred * jax.lax.rsqrt(var + eps) * scale + bias
 
 
 def _check_params(params: SelfAttentionParams, d1: int) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from capsjax.nn.routing_baselines import (
 )
 from capsjax.nn.self_attention import Capsules
 from tests.routing import reference_dynamic, reference_em
-from tests.testing_utils import assert_rel_close
+from tests.testing_utils import assert_rel_close, numpy_init
 
 B, C, D_IN, N_OUT, D_OUT, HIDDEN, HEADS = 3, 5, 4, 3, 6, 16, 2
 
@@ -61,32 +61,6 @@ def _softmax(z, keep=None):
 
 def _layer_norm(x, eps=1e-5):
   return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
-
-
-def _numpy_init(make, seed: int = 0):
-  """``make(rngs)`` with NumPy-drawn parameters.
-
-  Eager ``jax.random`` initialisation compiles one program per parameter
-  shape, which would dominate the run time; the initialisation itself is
-  tested separately. Weights ``U(+-1/sqrt(fan_in))`` (fan-in: the second-last
-  axis), vectors ``U(+-0.1)``, LayerNorm scales ``1 + U(+-0.1)``; dropout
-  streams get real keys.
-  """
-  module = nnx.eval_shape(lambda: make(nnx.Rngs(params=seed, dropout=seed + 1)))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.key(int(rng.integers(1 << 30)))
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      return np.zeros(x.shape, x.dtype)
-    if len(x.shape) >= 2:
-      return rng.uniform(-1, 1, x.shape).astype(x.dtype) / np.sqrt(x.shape[-2])
-    base = 1.0 if "scale" in str(path[-1]) else 0.0
-    return (base + rng.uniform(-0.1, 0.1, x.shape)).astype(x.dtype)
-
-  nnx.update(module, jax.tree.map_with_path(fill, nnx.state(module)))
-  return module
 
 
 # ----------------------------------------------------------------------------
@@ -176,7 +150,7 @@ def _forward_and_grad(layer, poses, acts, mask):
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_matches_reference_ignores_masked_capsules_and_has_finite_grads(name):
   make, ref = LAYERS[name]
-  layer = _numpy_init(lambda rngs: make(rngs=rngs))
+  layer = numpy_init(lambda rngs: make(rngs=rngs))
   layer.eval()
   poses, acts, mask = _inputs(1)
   mask[2] = False                                    # an empty sample
@@ -246,7 +220,7 @@ def test_initialisation():
 
 
 def test_set_transformer_padding_equals_removal():
-  layer = _numpy_init(lambda rngs: LAYERS["set_transformer"][0](rngs=rngs))
+  layer = numpy_init(lambda rngs: LAYERS["set_transformer"][0](rngs=rngs))
   layer.eval()
   poses, acts, _ = _inputs(2, c=C + 1)
   mask = np.ones((B, C + 1), bool)
@@ -262,7 +236,7 @@ def test_set_transformer_padding_equals_removal():
 
 
 def test_set_transformer_dropout_only_in_training():
-  layer = _numpy_init(lambda rngs: LAYERS["set_transformer"][0](rngs=rngs))
+  layer = numpy_init(lambda rngs: LAYERS["set_transformer"][0](rngs=rngs))
   poses, acts, mask = _inputs(3)
   (_, train), _ = _forward_and_grad(layer, poses, acts, mask)
   layer.eval()
@@ -279,7 +253,7 @@ def test_errors():
     SetTransformerRoutingLayer(D_IN, N_OUT, 5, n_heads=2, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="n_iters must be a positive integer"):
     DynamicRoutingLayer(C, D_IN, n_iters=0, rngs=nnx.Rngs(0))
-  layer = _numpy_init(lambda rngs: DynamicRoutingLayer(C, D_IN, N_OUT, D_OUT, rngs=rngs))
+  layer = numpy_init(lambda rngs: DynamicRoutingLayer(C, D_IN, N_OUT, D_OUT, rngs=rngs))
   with pytest.raises(ValueError, match=r"poses must have shape \[b, C, d_in\] = \[\*, 5, 4\]"):
     layer(poses[:, :4], acts[:, :4])
   with pytest.raises(ValueError, match=r"activations must have shape \[b, C\]"):

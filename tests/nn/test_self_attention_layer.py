@@ -18,42 +18,16 @@ from flax import nnx
 
 from capsjax.nn.self_attention import Capsules, SelfAttentionRoutingLayer
 from tests.routing.reference_self_attention import PARAM_NAMES, self_attention_routing_ref
-from tests.testing_utils import assert_rel_close
+from tests.testing_utils import assert_rel_close, numpy_init
 
 B, C, D1, D2, HEADS, HIDDEN = 3, 5, 4, 8, 2, 16
-
-
-def _numpy_init(make, seed: int = 0):
-  """``make(rngs)`` with NumPy-drawn parameters.
-
-  Eager ``jax.random`` initialisation compiles one program per parameter
-  shape, which would dominate the run time; the initialisation itself is
-  tested separately. Weights ``U(+-1/sqrt(fan_in))`` (fan-in: the second-last
-  axis), vectors ``U(+-0.1)``, LayerNorm scales ``1 + U(+-0.1)``; dropout
-  streams get real keys.
-  """
-  module = nnx.eval_shape(lambda: make(nnx.Rngs(params=seed, dropout=seed + 1)))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.key(int(rng.integers(1 << 30)))
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      return np.zeros(x.shape, x.dtype)
-    if len(x.shape) >= 2:
-      return rng.uniform(-1, 1, x.shape).astype(x.dtype) / np.sqrt(x.shape[-2])
-    base = 1.0 if "scale" in str(path[-1]) else 0.0
-    return (base + rng.uniform(-0.1, 0.1, x.shape)).astype(x.dtype)
-
-  nnx.update(module, jax.tree.map_with_path(fill, nnx.state(module)))
-  return module
 
 
 def _layer(**kw) -> SelfAttentionRoutingLayer:
   """A small layer (NumPy-initialised; one dropout rate, so that the eval-mode
   programs of the tests are shared)."""
   kw = {"n_heads": HEADS, "d_hidden": HIDDEN, "dropout_rate": 0.5, **kw}
-  return _numpy_init(lambda rngs: SelfAttentionRoutingLayer(D1, D2, rngs=rngs, **kw))
+  return numpy_init(lambda rngs: SelfAttentionRoutingLayer(D1, D2, rngs=rngs, **kw))
 
 
 def _inputs(seed: int, c: int = C):
