@@ -14,8 +14,9 @@ float32 matmul of similar FLOP count measured in the same run.
 Each row also shows the step's floor on this machine: XLA's FLOP count at the
 matmul rate and XLA's byte count at the memory-copy rate, both measured in the
 same run, whichever is slower; "x floor" is the measured time over it. XLA's
-byte count is what this implementation moves, so the floor is an upper bound
-on the true one.
+byte count adds up every operand access of every fused op, including ones
+served from cache, so it overstates memory traffic: a row below 1x means that
+byte floor is loose, not that the kernel beats the hardware.
 
 Times on a busy machine swing 2x between runs: compare the ratios within one
 table, not absolute figures across tables.
@@ -291,7 +292,9 @@ def main(argv):
   print(harness.format_table(HEADER, rows))
   print("peak MiB: the compiled forward+backward step (forward for multi_sinkhorn): "
         "arguments + outputs + temporaries; GFLOP: XLA's count for that step. Heinsen "
-        "rows differentiate (a_out, mu_out, sig2_out), what the next layer reads.")
+        "rows differentiate (a_out, mu_out, sig2_out), what the next layer reads. "
+        "floor: max(GFLOP / matmul rate, GB moved / copy rate); XLA's GB moved overstates "
+        "traffic (cache hits counted), so x floor < 1 marks a loose byte floor.")
 
 
 if __name__ == "__main__":
