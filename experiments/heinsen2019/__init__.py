@@ -1,0 +1,1 @@
+"""Heinsen (2019): routing capsules by net benefit to use / net cost to ignore."""

@@ -1,0 +1,1 @@
+"""Li et al. (ECCV 2018): Neural Network Encapsulation (EncapNet)."""

@@ -1,0 +1,1 @@
+"""Tsai et al. (ICLR 2020): inverted dot-product attention routing."""
