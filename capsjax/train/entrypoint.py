@@ -24,6 +24,7 @@ the run at once with a message naming it.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -233,6 +234,20 @@ def _define_flags() -> None:
     _FLAGS.register_key_flag_for_module(main_module, _FLAGS[name])
 
 
+class _LibraryInfoFilter(std_logging.Filter):
+  """Drops INFO records from libraries whose chatter would bury the run's own.
+
+  orbax logs several INFO lines per checkpoint; its warnings and errors still
+  show, and ``--verbosity`` / ``--logtostderr`` work as usual for the rest.
+  """
+
+  _QUIET = (os.sep + "orbax" + os.sep,)
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        part in record.pathname for part in self._QUIET)
+
+
 def main(run: Callable[[ml_collections.ConfigDict, str], Any], *,
          fields: Fields, argv: Sequence[str] | None = None) -> None:
   """Parses the flags and calls ``run(config, workdir)`` (the absl app).
@@ -244,6 +259,7 @@ def main(run: Callable[[ml_collections.ConfigDict, str], Any], *,
   """
   _define_flags()
   reader = getattr(run, "__module__", "this experiment")
+  std_logging.getLogger("absl").addFilter(_LibraryInfoFilter())
 
   def app_main(args: Sequence[str]) -> None:
     if len(args) > 1:
