@@ -4,6 +4,7 @@ writing metrics.jsonl), and the config field checks."""
 
 from __future__ import annotations
 
+import glob
 import importlib
 import os
 import subprocess
@@ -111,10 +112,28 @@ def test_offline_config_runs_end_to_end(paper, tmp_path):
   assert 0.0 <= result.eval_metrics[metric] <= 1.0
 
 
-@pytest.mark.parametrize("paper,name", [
-    ("heinsen2019", "smallnorb"), ("tsai2020", "cifar10_resnet"),
-    ("li2018", "cifar10"), ("duarte2021", "howto100m"),
-    ("swetha2023", "howto100m")])
+def _paper_row_configs() -> list[tuple[str, str]]:
+  """Every ``experiments/<paper>/configs/<name>.py`` except the offline ones."""
+  offline = {(p, name) for p, (name, _) in TINY.items()}
+  rows = []
+  for path in sorted(glob.glob(os.path.join(ROOT, "experiments", "*", "configs",
+                                            "*.py"))):
+    paper = os.path.basename(os.path.dirname(os.path.dirname(path)))
+    name = os.path.splitext(os.path.basename(path))[0]
+    if name != "__init__" and (paper, name) not in offline:
+      rows.append((paper, name))
+  return rows
+
+
+PAPER_ROWS = _paper_row_configs()
+
+
+def test_every_paper_has_a_paper_row_config():
+  assert {p for p, _ in PAPER_ROWS} == set(PAPERS)
+  assert set(TINY) == set(PAPERS)  # every offline config runs in its own test
+
+
+@pytest.mark.parametrize("paper,name", PAPER_ROWS)
 def test_paper_config_without_data_stops_naming_the_dataset(paper, name, tmp_path):
   config = _config(paper, name)
   entrypoint.check_config(config, importlib.import_module(
