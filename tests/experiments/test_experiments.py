@@ -46,8 +46,11 @@ LOOP = {"train.num_steps": 2, "train.log_every": 1, "train.eval_every": 0,
 
 
 def _config(paper: str, name: str) -> ml_collections.ConfigDict:
-  return importlib.import_module(
-      f"experiments.{paper}.configs.{name}").get_config()
+  """``name`` is a config module, or ``module:variant`` as on the command line."""
+  module, _, variant = name.partition(":")
+  get_config = importlib.import_module(
+      f"experiments.{paper}.configs.{module}").get_config
+  return get_config(variant) if variant else get_config()
 
 
 def _tiny(paper: str) -> ml_collections.ConfigDict:
@@ -113,7 +116,8 @@ def test_offline_config_runs_end_to_end(paper, tmp_path):
 
 
 def _paper_row_configs() -> list[tuple[str, str]]:
-  """Every ``experiments/<paper>/configs/<name>.py`` except the offline ones."""
+  """Every ``experiments/<paper>/configs/<name>.py`` except the offline ones,
+  one case per entry of a module's ``VARIANTS`` (``name:variant``)."""
   offline = {(p, name) for p, (name, _) in TINY.items()}
   rows = []
   for path in sorted(glob.glob(os.path.join(ROOT, "experiments", "*", "configs",
@@ -121,7 +125,12 @@ def _paper_row_configs() -> list[tuple[str, str]]:
     paper = os.path.basename(os.path.dirname(os.path.dirname(path)))
     name = os.path.splitext(os.path.basename(path))[0]
     if name != "__init__" and (paper, name) not in offline:
-      rows.append((paper, name))
+      module = importlib.import_module(f"experiments.{paper}.configs.{name}")
+      variants = getattr(module, "VARIANTS", None)
+      if variants:
+        rows.extend((paper, f"{name}:{v}") for v in variants)
+      else:
+        rows.append((paper, name))
   return rows
 
 
@@ -190,3 +199,10 @@ def test_padded_batches_split_over_hosts_reassemble_the_global_batches():
   assert sum(b[2].sum() for h in hosts for b in h) == 10
   with pytest.raises(ValueError, match="divisible by the number of processes"):
     entrypoint.padded_batches((x, y), 5, process_index=0, process_count=2)
+
+
+def test_config_variant_argument_is_checked():
+  with pytest.raises(ValueError, match="routing must be one of"):
+    _config("duarte2021", "routing:capsnet")
+  assert _config("duarte2021", "routing:em").model.routing == "em"
+  assert _config("duarte2021", "capsules:256").model.n_caps == 256
