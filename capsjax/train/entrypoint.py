@@ -24,6 +24,7 @@ the run at once with a message naming it.
 
 from __future__ import annotations
 
+import json
 import logging as std_logging
 import os
 import sys
@@ -33,6 +34,9 @@ from typing import Any, NamedTuple
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+# Defined with the data readers; re-exported here so old imports keep working.
+from capsjax.data.errors import DatasetUnavailableError
 
 __all__ = [
     "ConfigFieldError",
@@ -50,10 +54,6 @@ _FLAGS = flags.FLAGS
 
 class ConfigFieldError(ValueError):
   """A config lacks a field the experiment reads, or has one it does not know."""
-
-
-class DatasetUnavailableError(FileNotFoundError):
-  """The real dataset a config names cannot be read on this machine."""
 
 
 class Fields(NamedTuple):
@@ -212,6 +212,66 @@ def padded_batches(arrays: Sequence[Any], batch_size: int, *,
   return out
 
 
+CONFIG_FILE = "config.json"
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str, *,
+                source: str = "--config") -> str:
+  """Writes the run's resolved config to ``workdir/config.json``.
+
+  The file records every field after command-line overrides, so a run can be
+  read back or repeated later (``ml_collections.ConfigDict(json.load(f))``).
+  On a resumed run whose config differs from the saved one, the old file is
+  kept as ``config.<n>.json`` and the differing fields are logged: resuming
+  with changed hyper-parameters is allowed (e.g. more steps) but never silent.
+
+  Args:
+    config: the resolved config.
+    workdir: the run directory (exists).
+    source: where the config came from, recorded in the file.
+
+  Returns:
+    The path written.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = {"source": source, "config": json.loads(config.to_json_best_effort())}
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        old = json.load(f)
+      except json.JSONDecodeError:
+        old = None
+    if old == new:
+      return path
+    if old is not None:
+      changed = sorted(
+          k for k in set(_flatten(old.get("config", {})))
+          | set(_flatten(new["config"]))
+          if _flatten(old.get("config", {})).get(k, "<absent>")
+          != _flatten(new["config"]).get(k, "<absent>"))
+      logging.warning("resuming in %s with a config that differs from the "
+                      "saved one in: %s", workdir, ", ".join(changed) or
+                      "(source only)")
+    n = 1
+    while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
+      n += 1
+    os.replace(path, os.path.join(workdir, f"config.{n}.json"))
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(new, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+  return path
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+  return out
+
+
 def _define_flags() -> None:
   if "config" not in _FLAGS:
     config_flags.DEFINE_config_file(
@@ -281,6 +341,8 @@ def main(run: Callable[[ml_collections.ConfigDict, str], Any], *,
     logging.info("config (%s):\n%s", source, config)
     workdir = _FLAGS.workdir
     os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+      save_config(config, workdir, source=source)
     try:
       run(config, workdir)
     except DatasetUnavailableError as e:
@@ -289,12 +351,22 @@ def main(run: Callable[[ml_collections.ConfigDict, str], Any], *,
   app.run(app_main, argv=argv, flags_parser=_parse_flags)
 
 
+_HELP_FLAGS = frozenset({"-h", "-?", "--help", "--helpshort", "--helpfull",
+                         "--helpxml"})
+
+
 def _parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's parse; a flag error (a required flag missing, a --config
   override of a field the config lacks) exits with one message (status 1),
   not a traceback."""
   try:
     return _FLAGS(argv)
+  except SystemExit as e:
+    # absl's --help / --helpfull print the flags and exit with status 1;
+    # asking for help is not a failure.
+    if e.code == 1 and any(a in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:  # e.g. a required flag not given
     sys.exit(f"error: {e}\nRun with --help for the flags.")
   except (AttributeError, KeyError) as e:
