@@ -12,9 +12,9 @@ package (``sklearn.datasets.load_digits``), so demos and tests run offline.
   shifted; otherwise two digits of different classes, each shifted, overlaid
   with a pixel-wise max; multi-hot labels. Train and test are composed from
   the disjoint train and test images of the split.
-- :func:`batched_dataset` / :func:`batched_iterator`: a shuffled, batched
-  ``grain`` pipeline whose iterator resumes exactly from ``get_state()``, each
-  host reading only its own part of every global batch.
+- :func:`batched_dataset` / :func:`batched_iterator` /
+  :func:`steps_per_epoch`: re-exported from :mod:`capsjax.data.pipeline`
+  (where the generic grain helpers live) so older imports keep working.
 
 Both sources are grain random-access sources (``__len__`` and
 ``__getitem__``) whose records are ``(image, label)`` with ``image`` float32
@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import grain
 import numpy as np
 
 from capsjax import _shapes
+
+# Re-exported: these lived here before capsjax.data.pipeline existed.
+from capsjax.data.pipeline import batched_dataset, batched_iterator, steps_per_epoch
 
 N_CLASSES = 10
 NATIVE_SIZE = 8  # UCI digits are 8x8
@@ -201,6 +203,110 @@ class MultiDigitsRecipe(NamedTuple):
   shifts: tuple[tuple[int, int], ...]
 
 
+# Shared with capsjax.data.multimnist (DiverseMultiMNIST on real MNIST): the
+# draw of a record's digits and shifts, and the compositing.
+
+
+def draw_multi_digit_recipe(
+    rng: np.random.Generator,
+    n_images: int,
+    label_of: Callable[[int], int],
+    *,
+    single_prob: float,
+    max_shift: int,
+    other_class: Callable[[np.random.Generator, int], int] | None = None,
+) -> MultiDigitsRecipe:
+  """Draws one DiverseMultiMNIST-style record (Tsai et al., App. B.2).
+
+  A first digit uniformly among ``n_images``; with probability
+  ``1 - single_prob`` a second one of a different class; then a shift
+  ``(dy, dx)`` per digit, each uniform in ``[-max_shift, max_shift]``.
+
+  Args:
+    rng: the record's generator (seeded by the caller from its index).
+    n_images: number of digit images to draw from.
+    label_of: ``position -> class``.
+    single_prob: probability of a one-digit record.
+    max_shift: largest shift along each axis.
+    other_class: ``(rng, first_class) -> position`` of a digit of another
+      class, uniform among them; by default, uniform positions are drawn
+      until one has another class (which is the same distribution and reads
+      no label table up front).
+
+  Returns:
+    The :class:`MultiDigitsRecipe`.
+  """
+  first = int(rng.integers(n_images))
+  first_class = int(label_of(first))
+  positions, classes = [first], [first_class]
+  if rng.random() >= single_prob:
+    if other_class is not None:
+      second = int(other_class(rng, first_class))
+    else:
+      second = int(rng.integers(n_images))
+      while int(label_of(second)) == first_class:
+        second = int(rng.integers(n_images))
+    positions.append(second)
+    classes.append(int(label_of(second)))
+  s = int(max_shift)
+  shifts = tuple(
+      (int(rng.integers(-s, s + 1)), int(rng.integers(-s, s + 1)))
+      for _ in positions)
+  return MultiDigitsRecipe(tuple(positions), tuple(classes), shifts)
+
+
+_OVERLAYS = ("max", "sum_clip")
+
+
+def overlay_digits(digits: Sequence[np.ndarray],
+                   shifts: Sequence[tuple[int, int]], max_shift: int, *,
+                   mode: str = "max") -> np.ndarray:
+  """Shifts each digit on a zero canvas and overlays them.
+
+  Digit ``k`` (``[d, d, c]`` in [0, 1]) goes to rows ``max_shift + dy`` ..
+  ``+ d`` and columns ``max_shift + dx`` .. ``+ d`` of a ``[d + 2 max_shift,
+  d + 2 max_shift, c]`` canvas.
+
+  Args:
+    digits: one or more ``[d, d, c]`` float images of the same shape.
+    shifts: ``(dy, dx)`` per digit, each in ``[-max_shift, max_shift]``.
+    max_shift: the canvas margin.
+    mode: ``"max"`` (pixel-wise maximum) or ``"sum_clip"`` (sum clipped to
+      1: Sabour et al.'s MultiMNIST adds the two uint8 digits and clips at
+      255, which Tsai et al. follow).
+
+  Returns:
+    The float32 canvas.
+  """
+  if mode not in _OVERLAYS:
+    raise ValueError(f"mode must be one of {_OVERLAYS}, got {mode!r}.")
+  if len(digits) != len(shifts) or not digits:
+    raise ValueError(f"need one shift per digit, got {len(digits)} digits "
+                     f"and {len(shifts)} shifts.")
+  d, _, c = np.shape(digits[0])
+  size = d + 2 * max_shift
+  canvas = np.zeros((size, size, c), np.float32)
+  for digit, (dy, dx) in zip(digits, shifts):
+    if max(abs(dy), abs(dx)) > max_shift:
+      raise ValueError(f"shift {(dy, dx)} exceeds max_shift={max_shift}.")
+    y0, x0 = max_shift + dy, max_shift + dx
+    window = canvas[y0:y0 + d, x0:x0 + d]
+    if mode == "max":
+      np.maximum(window, digit, out=window)
+    else:
+      window += digit
+  if mode == "sum_clip":
+    np.minimum(canvas, 1.0, out=canvas)
+  return canvas
+
+
+def multi_hot(classes: Sequence[int], n_classes: int = N_CLASSES) -> np.ndarray:
+  """float32 ``[n_classes]`` with ones at ``classes``."""
+  target = np.zeros(n_classes, np.float32)
+  target[list(classes)] = 1.0
+  return target
+
+
 class MultiDigitsSource:
   """Overlapping digits, a small analogue of DiverseMultiMNIST.
 
@@ -278,162 +384,24 @@ class MultiDigitsSource:
           f"index {index} out of range for {self.num_examples} records.")
     rng = np.random.default_rng((self.seed, self._split_code, index))
     labels = self.digits.labels
-    first = int(rng.integers(len(labels)))
-    positions = [first]
-    if rng.random() >= self.single_prob:
-      others = self._others[labels[first]]
-      positions.append(int(others[rng.integers(len(others))]))
-    s = self.max_shift
-    shifts = tuple(
-        (int(rng.integers(-s, s + 1)), int(rng.integers(-s, s + 1)))
-        for _ in positions)
-    return MultiDigitsRecipe(tuple(positions),
-                             tuple(int(labels[p]) for p in positions), shifts)
+
+    def other_class(rng: np.random.Generator, first_class: int) -> int:
+      others = self._others[first_class]
+      return int(others[rng.integers(len(others))])
+
+    return draw_multi_digit_recipe(
+        rng, len(labels), labels.__getitem__, single_prob=self.single_prob,
+        max_shift=self.max_shift, other_class=other_class)
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
     r = self.recipe(index)
-    canvas = np.zeros((self.canvas_size, self.canvas_size, 1), np.float32)
-    d = self.digit_size
-    for pos, (dy, dx) in zip(r.positions, r.shifts):
-      y0, x0 = self.max_shift + dy, self.max_shift + dx
-      window = canvas[y0:y0 + d, x0:x0 + d]
-      np.maximum(window, self.digits.images[pos], out=window)
-    target = np.zeros(N_CLASSES, np.float32)
-    target[list(r.classes)] = 1.0
-    return canvas, target
+    canvas = overlay_digits([self.digits.images[p] for p in r.positions],
+                            r.shifts, self.max_shift, mode="max")
+    return canvas, multi_hot(r.classes)
 
   def __repr__(self) -> str:
     return (f"MultiDigitsSource(n={self.num_examples}, seed={self.seed}, "
             f"canvas={self.canvas_size}, max_shift={self.max_shift})")
-
-
-# --------------------------------------------------------------------------
-# grain pipeline
-# --------------------------------------------------------------------------
-
-_DEFAULT_READ = {"num_threads": 2, "prefetch_buffer_size": 16}
-
-
-def _process_info(process_index: int | None,
-                  process_count: int | None) -> tuple[int, int]:
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  _shapes.check_positive_int("process_count", process_count)
-  if not 0 <= process_index < process_count:
-    raise ValueError(
-        f"process_index must be in [0, {process_count}), got {process_index}.")
-  return int(process_index), int(process_count)
-
-
-def batched_dataset(
-    source: Sequence[Any] | Any,
-    batch_size: int,
-    *,
-    seed: int = 0,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    drop_remainder: bool = True,
-    transform: Callable[[Any], Any] | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-) -> grain.MapDataset:
-  """This host's batches of a shuffled, repeated, batched grain pipeline.
-
-  ``MapDataset.source(source).shuffle(seed).repeat(num_epochs).map(transform)``
-  is one global stream (reshuffled every epoch); global batch ``g`` holds its
-  elements ``[g * batch_size, (g + 1) * batch_size)``. Process ``p`` of ``n``
-  gets rows ``[p * b, (p + 1) * b)`` of every global batch, ``b =
-  batch_size / n``, and reads only those elements: it batches the stream by
-  ``b`` and keeps every ``n``-th batch from the ``p``-th. So the per-host
-  batches, placed in process order with
-  ``jax.make_array_from_process_local_data``, form exactly the global batch
-  one process would read, whatever the number of hosts; hosts read disjoint
-  elements. ``process_index`` / ``process_count`` default to
-  ``jax.process_index()`` / ``jax.process_count()``.
-
-  Args:
-    source: a random-access source (``__len__``, ``__getitem__``), e.g.
-      :class:`DigitsSource`.
-    batch_size: the **global** batch size, divisible by the process count.
-    seed: the shuffle seed (the config seed); epochs are reshuffled.
-    shuffle: shuffle (training) or keep the source order (evaluation).
-    num_epochs: passes over the source; ``None`` repeats forever.
-    drop_remainder: drop the last incomplete global batch. Must be True on
-      several processes (their batches must have equal sizes).
-    transform: optional per-record function, applied before batching.
-    process_index: this process (default ``jax.process_index()``).
-    process_count: number of processes (default ``jax.process_count()``).
-
-  Returns:
-    A ``grain.MapDataset`` of this host's batches (tuples of stacked arrays
-    for tuple records).
-  """
-  _shapes.check_positive_int("batch_size", batch_size)
-  if num_epochs is not None:
-    _shapes.check_positive_int("num_epochs", num_epochs)
-  p, n = _process_info(process_index, process_count)
-  if batch_size % n:
-    raise ValueError(
-        f"batch_size (global) = {batch_size} must be divisible by the "
-        f"number of processes {n}.")
-  if n > 1 and not drop_remainder:
-    raise ValueError(
-        "drop_remainder=False needs a single process: hosts' last batches "
-        "would differ in size; pad the evaluation set instead.")
-  ds = grain.MapDataset.source(source)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)
-  if transform is not None:
-    ds = ds.map(transform)
-  if n == 1:
-    return ds.batch(batch_size, drop_remainder=drop_remainder)
-  local = batch_size // n
-  n_global = len(ds) // batch_size
-  return ds.batch(local, drop_remainder=True)[:n_global * n][p::n]
-
-
-def batched_iterator(
-    source: Sequence[Any] | Any,
-    batch_size: int,
-    *,
-    read_options: grain.ReadOptions | None = None,
-    **kwargs: Any,
-) -> grain.DatasetIterator:
-  """An iterator over :func:`batched_dataset`; checkpointable and resumable.
-
-  ``it.get_state()`` after ``k`` batches, restored with ``set_state`` on a
-  fresh iterator built with the same arguments, yields the same next batch
-  (grain stores the position, and every record is a pure function of its
-  index). Save it next to the model state (``grain.checkpoint`` with orbax).
-
-  Args:
-    source: as in :func:`batched_dataset`.
-    batch_size: the global batch size.
-    read_options: grain prefetch options (default 2 threads, 16 batches:
-      the records are cheap).
-    **kwargs: the keyword arguments of :func:`batched_dataset`.
-
-  Returns:
-    ``iter(batched_dataset(...).to_iter_dataset(read_options))``.
-  """
-  ds = batched_dataset(source, batch_size, **kwargs)
-  if read_options is None:
-    read_options = grain.ReadOptions(**_DEFAULT_READ)
-  return iter(ds.to_iter_dataset(read_options))
-
-
-def steps_per_epoch(n_examples: int, batch_size: int) -> int:
-  """Full global batches per epoch: ``n_examples // batch_size`` (>= 1)."""
-  _shapes.check_positive_int("n_examples", n_examples)
-  _shapes.check_positive_int("batch_size", batch_size)
-  steps = n_examples // batch_size
-  if steps < 1:
-    raise ValueError(
-        f"batch_size {batch_size} is larger than the dataset ({n_examples}).")
-  return steps
 
 
 __all__ = [
@@ -444,7 +412,10 @@ __all__ = [
   "MultiDigitsSource",
   "batched_dataset",
   "batched_iterator",
+  "draw_multi_digit_recipe",
   "load_uci_digits",
+  "multi_hot",
+  "overlay_digits",
   "resize_images",
   "split_indices",
   "steps_per_epoch",

@@ -19,8 +19,11 @@ def get_config():
   c.model.cap_dims = (2, 4, 8)
   c.model.strides = (1, 2, 2)
   c.model.n_type2 = 1
+  c.model.two_feedbacks = False
   c.data.name = "digits"
   del c.data["dir"]
+  del c.data["train_split"]
+  del c.data["test_split"]
   c.data.image_size = 16
   c.data.batch_size = 32
   c.optimiser.learning_rate = 1e-3
