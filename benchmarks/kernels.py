@@ -116,7 +116,7 @@ def _tsai_fc_case(batch):
               make, batched=(0, 2), diff=(0, 1, 2))
 
 
-def _self_attention_case(n_caps, d1, d2, batch, n_heads=8, hidden=1024):
+def _self_attention_case(n_caps, d1, d2, batch, n_heads=8, hidden=1024, chunk_size=None):
   def make(rng):
     def w(*shape):
       return _normal(rng, *shape, scale=shape[0]**-0.5)
@@ -129,7 +129,8 @@ def _self_attention_case(n_caps, d1, d2, batch, n_heads=8, hidden=1024):
     return (_normal(rng, n_caps, d1), rng.uniform(size=n_caps).astype(np.float32), params)
 
   return Case("duarte_self_attention", f"C={n_caps}, d1={d1} -> d2={d2}, {n_heads} heads", batch,
-              lambda x, p, params: routing.self_attention_routing(x, p, params, n_heads=n_heads),
+              lambda x, p, params: routing.self_attention_routing(
+                  x, p, params, n_heads=n_heads, chunk_size=chunk_size),
               make, batched=(0, 1), diff=(0, 1, 2))
 
 
@@ -227,8 +228,11 @@ def _scaling_cases() -> list[tuple[str, int, Case]]:
   cases += [("heinsen (votes)", n, _heinsen_case(f"heinsen_votes_{n}", n, 64, True, batch=4,
                                                  algorithm="votes"))
             for n in (5184, 10368, 20736)]
-  cases += [("duarte self-attention", c, _self_attention_case(c, 32, 256, batch=64))
-            for c in (32, 64, 128, 256)]
+  # Queries in blocks of 32 at every size (each block attends to all C keys),
+  # so no size holds the C x C scores.
+  cases += [("duarte self-attention", c, _self_attention_case(c, 32, 256, batch=64,
+                                                              chunk_size=32))
+            for c in (32, 64, 128, 256, 512)]
   cases += [("dynamic", n, Case(f"dynamic_{n}", "", 16, lambda u: routing.dynamic_routing(u),
                                 lambda rng, n=n: (_normal(rng, n, 10, 16, scale=0.05),),
                                 batched=(0,), diff=(0,)))

@@ -64,6 +64,7 @@ class HeinsenRoutingLayer(nnx.Module):
       eps: float = 1e-5,
       dtype: Any = None,
       param_dtype: Any = jnp.float32,
+      compute_dtype: Any = None,
       rngs: nnx.Rngs,
   ):
     """Creates the layer.
@@ -84,6 +85,10 @@ class HeinsenRoutingLayer(nnx.Module):
       dtype: computation dtype (e.g. ``jnp.bfloat16``); ``None`` means the
         result type of the inputs and the parameters.
       param_dtype: dtype of the parameters.
+      compute_dtype: the kernel's mixed-precision dtype (e.g.
+        ``jnp.bfloat16``: votes and big contractions in it, statistics and
+        softmax in float32; see :func:`capsjax.routing.heinsen_routing`);
+        ``None``: off.
       rngs: random streams; ``rngs.params()`` draws ``W``.
 
     Raises:
@@ -104,6 +109,7 @@ class HeinsenRoutingLayer(nnx.Module):
     self.n_iters, self.single_beta = n_iters, single_beta
     self.p_model, self.eps = p_model, eps
     self.dtype, self.param_dtype = dtype, param_dtype
+    self.compute_dtype = compute_dtype
 
     i, j = n_inp or 1, n_out or 1
     self.W = nnx.Param(
@@ -189,6 +195,7 @@ class HeinsenRoutingLayer(nnx.Module):
       return heinsen_routing(
           a, mu, W, B, beta_use, beta_ign, n_iters=self.n_iters,
           p_model=self.p_model, eps=self.eps,
-          n_out=None if self.n_out is not None else n_out, B_brk=B_brk)
+          n_out=None if self.n_out is not None else n_out, B_brk=B_brk,
+          compute_dtype=self.compute_dtype)
 
     return jax.vmap(route)(a_inp, mu_inp)

@@ -188,7 +188,8 @@ class DynamicRoutingLayer(_Baseline):
 
   def __init__(self, n_inp: int, d_in: int, n_out: int | None = None,
                d_out: int | None = None, *, n_iters: int = 3, dtype: Any = None,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+               param_dtype: Any = jnp.float32, compute_dtype: Any = None,
+               rngs: nnx.Rngs):
     n_out = n_inp if n_out is None else n_out
     d_out = d_in if d_out is None else d_out
     for name, value in (("n_inp", n_inp), ("d_in", d_in), ("n_out", n_out),
@@ -196,6 +197,7 @@ class DynamicRoutingLayer(_Baseline):
       _shapes.check_positive_int(name, value)
     self.n_inp, self.d_in, self.n_out, self.d_out = n_inp, d_in, n_out, d_out
     self.n_iters, self.dtype, self.param_dtype = n_iters, dtype, param_dtype
+    self.compute_dtype = compute_dtype  # the kernel's mixed precision (None: off)
     self.W = nnx.Param(torch_bias_init(d_in)(
         rngs.params(), (n_inp, n_out, d_in, d_out), param_dtype))
 
@@ -207,7 +209,8 @@ class DynamicRoutingLayer(_Baseline):
 
     def route(x, p):
       u_hat = jnp.einsum("id,ijdh->ijh", p[:, None] * x, W)
-      v = dynamic_routing(u_hat, n_iters=self.n_iters).v
+      v = dynamic_routing(u_hat, n_iters=self.n_iters,
+                          compute_dtype=self.compute_dtype).v
       return Capsules(v, _safe_norm(v))
 
     return jax.vmap(route)(poses, p)
@@ -232,7 +235,7 @@ class EMRoutingLayer(_Baseline):
   def __init__(self, n_inp: int, d_in: int, n_out: int | None = None, *,
                n_iters: int = 3, final_lambda: float = 0.01, eps: float = 1e-8,
                dtype: Any = None, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
+               compute_dtype: Any = None, rngs: nnx.Rngs):
     n_out = n_inp if n_out is None else n_out
     for name, value in (("n_inp", n_inp), ("d_in", d_in), ("n_out", n_out),
                         ("n_iters", n_iters)):
@@ -244,6 +247,7 @@ class EMRoutingLayer(_Baseline):
     self.n_inp, self.d_in, self.n_out, self.d_out, self.s = n_inp, d_in, n_out, d_in, s
     self.n_iters, self.final_lambda, self.eps = n_iters, final_lambda, eps
     self.dtype, self.param_dtype = dtype, param_dtype
+    self.compute_dtype = compute_dtype  # the kernel's mixed precision (None: off)
     self.W = nnx.Param(torch_bias_init(s)(
         rngs.params(), (n_inp, n_out, s, s), param_dtype))
     self.beta_u = nnx.Param(jnp.zeros((n_out,), param_dtype))
@@ -261,7 +265,8 @@ class EMRoutingLayer(_Baseline):
       votes = jnp.einsum("iab,ijbc->ijac", x.reshape(-1, s, s), W)
       out = em_routing(a, votes.reshape(self.n_inp, self.n_out, s * s),
                        beta_u, beta_a, n_iters=self.n_iters,
-                       final_lambda=self.final_lambda, eps=self.eps)
+                       final_lambda=self.final_lambda, eps=self.eps,
+                       compute_dtype=self.compute_dtype)
       return Capsules(out.mu, out.a_out)
 
     return jax.vmap(route)(poses, p)

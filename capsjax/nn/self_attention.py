@@ -128,6 +128,8 @@ class SelfAttentionRoutingLayer(nnx.Module):
       ln_eps: float = 1e-5,
       dtype: Any = None,
       param_dtype: Any = jnp.float32,
+      chunk_size: int | None = None,
+      compute_dtype: Any = None,
       rngs: nnx.Rngs,
   ):
     """Creates the layer.
@@ -151,6 +153,11 @@ class SelfAttentionRoutingLayer(nnx.Module):
       dtype: computation dtype (e.g. ``jnp.bfloat16``); ``None`` means the
         result type of the inputs and the parameters.
       param_dtype: dtype of the parameters.
+      chunk_size: queries per attention block of the kernel (``None``:
+        automatic; see :func:`capsjax.routing.self_attention_routing`).
+      compute_dtype: the kernel's mixed-precision dtype (e.g.
+        ``jnp.bfloat16``: matmuls in it, softmax and LayerNorm in float32);
+        ``None``: off.
       rngs: random streams; ``params`` draws the weights, ``dropout`` (only
         read when ``dropout_rate > 0``) the dropout masks.
 
@@ -170,6 +177,7 @@ class SelfAttentionRoutingLayer(nnx.Module):
     self.dropout_rate, self.out_proj = dropout_rate, out_proj
     self.qk_scale, self.ln_eps = qk_scale, ln_eps
     self.dtype, self.param_dtype = dtype, param_dtype
+    self.chunk_size, self.compute_dtype = chunk_size, compute_dtype
 
     keys = iter(jax.random.split(rngs.params(), 6))
     self.w_q, self.b_q = linear_params(next(keys), d1, d2, param_dtype)
@@ -240,7 +248,8 @@ class SelfAttentionRoutingLayer(nnx.Module):
     def route(x, p, m, key):
       out = self_attention_routing(
           x, p, params, n_heads=self.n_heads, mask=m, dropout_rate=rate,
-          dropout_rng=key, qk_scale=self.qk_scale, ln_eps=self.ln_eps)
+          dropout_rng=key, qk_scale=self.qk_scale, ln_eps=self.ln_eps,
+          chunk_size=self.chunk_size, compute_dtype=self.compute_dtype)
       return Capsules(out.poses, out.activations)
 
     return jax.vmap(route, in_axes=(0, 0, None if mask is None else 0,

@@ -37,7 +37,12 @@ Two things keep this accurate and small:
   memory holds ``[chunk, n_out]`` tensors instead of ``[n_inp, n_out]`` ones.
 
 Moments and the softmax are computed in at least float32 whatever the input
-dtype, since raw second moments lose everything in bfloat16.
+dtype, since raw second moments lose everything in bfloat16. With a
+``compute_dtype`` (mixed precision), only the four per-chunk contractions over
+``[chunk, n_out]`` (the distances from ``x x^T`` and ``x``, the first and second
+moments) take ``compute_dtype`` operands, the centred inputs, their outer
+products and ``D_use`` rounded to it, and they accumulate in float32; the
+moments themselves, the softmax and the per-output algebra stay in float32.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from capsjax.routing._precision import Policy
 
 
 class _Moments(NamedTuple):
@@ -72,7 +79,8 @@ def _chunking(n_inp: int, chunk_size: int) -> tuple[int, int]:
 
 def heinsen_routing_moments(a_inp, mu_inp, W, B, beta_use, beta_ign, *, n_iters: int,
                             p_model: str, eps: float, chunk_size: int = 512,
-                            precision: jax.lax.PrecisionLike = "highest"):
+                            precision: jax.lax.PrecisionLike = "highest",
+                            compute_dtype=None):
   """Heinsen routing for ``W``, ``B`` shared over inputs, from input moments.
 
   Args:
@@ -85,6 +93,8 @@ def heinsen_routing_moments(a_inp, mu_inp, W, B, beta_use, beta_ign, *, n_iters:
     chunk_size: inputs processed at once; memory scales with it, not n_inp.
     precision: of every contraction; keep ``"highest"`` on accelerators, where
       the default (TF32 / bfloat16 passes) would spoil the raw moments.
+    compute_dtype: ``None``, or the operand dtype of the per-chunk
+      contractions (module docstring).
 
   Returns:
     ``(a_out [n_out], mu_out [n_out, d_cov, d_out], sig2_out [n_out, d_cov,
@@ -93,6 +103,9 @@ def heinsen_routing_moments(a_inp, mu_inp, W, B, beta_use, beta_ign, *, n_iters:
   einsum = functools.partial(jnp.einsum, precision=precision)
   out_dtype = jnp.result_type(mu_inp, W, B)
   dtype = jnp.promote_types(out_dtype, jnp.float32)
+  # The big per-chunk contractions: plain einsums, or compute-dtype operands
+  # accumulated in dtype.
+  big = functools.partial(Policy(dtype, compute_dtype).einsum, precision=precision)
   n_inp, d_cov, d_inp = mu_inp.shape
   n_out = W.shape[0]
   W, B = W.astype(dtype), B.astype(dtype)
@@ -127,7 +140,7 @@ def heinsen_routing_moments(a_inp, mu_inp, W, B, beta_use, beta_ign, *, n_iters:
     A = einsum("jdh,jeh,jch->jcde", W, W, P)
     b = einsum("jdh,jch->jcd", W, G * P)
     g = jnp.sum(G * G * P, axis=(1, 2))
-    dist = (einsum("icde,jcde->ij", xx_c, A) + 2.0 * einsum("icd,jcd->ij", x_c, b)
+    dist = (big("icde,jcde->ij", xx_c, A) + 2.0 * big("icd,jcd->ij", x_c, b)
             + g[None, :])                                            # [i, j]
     if p_model == "gaussian":
       log_p = -dist - 0.5 * jnp.sum(jnp.log(state.sig2_out), axis=(1, 2))[None, :]
@@ -145,8 +158,8 @@ def heinsen_routing_moments(a_inp, mu_inp, W, B, beta_use, beta_ign, *, n_iters:
       d_ign = f_c[:, None] - d_use
       acc = _Moments(
           acc.s_use + jnp.sum(d_use, axis=0),
-          acc.x1 + einsum("ij,icd->jcd", d_use, x_c),
-          acc.x2 + einsum("ij,icde->jcde", d_use, xx_c),
+          acc.x1 + big("ij,icd->jcd", d_use, x_c),
+          acc.x2 + big("ij,icde->jcde", d_use, xx_c),
           acc.a_out + jnp.sum(bu_c * d_use - bi_c * d_ign, axis=0))
       return acc, (R if keep_r else None)
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from capsjax import _shapes
+from capsjax.routing._precision import Policy
 
 
 class DynamicRouting(NamedTuple):
@@ -62,7 +63,8 @@ def squash(s: jax.typing.ArrayLike, axis: int = -1) -> jax.Array:
   return s * (norm / (1 + sq_norm))
 
 
-def dynamic_routing(u_hat: jax.typing.ArrayLike, *, n_iters: int = 3) -> DynamicRouting:
+def dynamic_routing(u_hat: jax.typing.ArrayLike, *, n_iters: int = 3,
+                    compute_dtype: jax.typing.DTypeLike | None = None) -> DynamicRouting:
   """Routing by agreement, Procedure 1 of Sabour et al. (2017).
 
   With logits ``b_ij = 0`` at the start, each iteration computes
@@ -89,13 +91,21 @@ def dynamic_routing(u_hat: jax.typing.ArrayLike, *, n_iters: int = 3) -> Dynamic
     u_hat: ``[n_inp, n_out, d_out]`` prediction vectors
       ``u_hat_{j|i} = W_ij u_i`` (Eq. 2).
     n_iters: number of routing iterations ``r >= 1`` (the paper uses 3).
+    compute_dtype: ``None`` (default): everything in ``u_hat``'s dtype. A
+      dtype such as ``jnp.bfloat16`` turns on mixed precision: ``u_hat`` is
+      stored in it, and the two contractions with it (``s_j = sum_i c_ij
+      u_hat_ij`` and the agreement ``u_hat_ij . v_j``) take operands rounded
+      to it (``c`` and ``v`` too) and accumulate in float32; the logits
+      ``b``, the softmax and ``squash`` are in float32 (``u_hat``'s dtype
+      promoted to at least float32). Outputs are in ``u_hat``'s dtype.
 
   Returns:
     A :class:`DynamicRouting` ``(v [n_out, d_out], c [n_inp, n_out])`` in the
     dtype of ``u_hat``.
 
   Raises:
-    ValueError: if ``u_hat`` is not 3-D or ``n_iters`` is not a positive int.
+    ValueError: if ``u_hat`` is not 3-D, ``n_iters`` is not a positive int or
+      ``compute_dtype`` is not a floating dtype.
 
   References:
     S. Sabour, N. Frosst, G. E. Hinton. Dynamic Routing Between Capsules.
@@ -106,18 +116,20 @@ def dynamic_routing(u_hat: jax.typing.ArrayLike, *, n_iters: int = 3) -> Dynamic
   u_hat = jnp.asarray(u_hat)
   if not jnp.issubdtype(u_hat.dtype, jnp.floating):
     u_hat = u_hat.astype(jnp.result_type(float))
+  policy = Policy(u_hat.dtype, compute_dtype)
+  u_hat = policy.store(u_hat)
 
   def route(b: jax.Array) -> tuple[jax.Array, jax.Array]:
     c = jax.nn.softmax(b, axis=1)                      # [i, j]
-    v = squash(jnp.einsum("ij,ijh->jh", c, u_hat))     # [j, h]
+    v = squash(policy.einsum("ij,ijh->jh", c, u_hat))  # [j, h]
     return v, c
 
   def iteration(b: jax.Array, _) -> tuple[jax.Array, None]:
     v, _ = route(b)
-    return b + jnp.einsum("ijh,jh->ij", u_hat, v), None
+    return b + policy.einsum("ijh,jh->ij", u_hat, v), None
 
-  b = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
+  b = jnp.zeros(u_hat.shape[:2], policy.accum)
   if n_iters > 1:
     b, _ = jax.lax.scan(iteration, b, None, length=n_iters - 1)
   v, c = route(b)
-  return DynamicRouting(v=v, c=c)
+  return DynamicRouting(v=policy.output(v), c=policy.output(c))

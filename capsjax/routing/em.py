@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from capsjax import _shapes
+from capsjax.routing._precision import Policy
 
 
 class EMRouting(NamedTuple):
@@ -58,6 +59,7 @@ def em_routing(
     n_iters: int = 3,
     final_lambda: float = 0.01,
     eps: float = 1e-8,
+    compute_dtype: jax.typing.DTypeLike | None = None,
 ) -> EMRouting:
   """Procedure 1 (EM routing) of Hinton et al. (2018).
 
@@ -117,14 +119,23 @@ def em_routing(
     n_iters: number of EM iterations (>= 1; the paper uses 3).
     final_lambda: scale of the inverse-temperature schedule (see above).
     eps: added to every variance, so ``sigma2 >= eps`` (> 0).
+    compute_dtype: ``None`` (default): everything in the inputs' promoted
+      dtype. A dtype such as ``jnp.bfloat16`` turns on mixed precision: the
+      votes and the squared deviations ``(V - mu)^2`` (formed in float32) are
+      stored in it, and the weighted sums over inputs giving ``mu`` and
+      ``sigma2`` take operands rounded to it (the weights ``R' / m`` too) and
+      accumulate in float32. In float32 (the inputs' dtype promoted to at
+      least float32): ``R``, the masses ``m``, ``cost``, the activations,
+      the E-step's log-likelihood (one fused reduction over ``h`` of the
+      stored votes) and its softmax. Outputs are in the inputs' dtype.
 
   Returns:
     An :class:`EMRouting` ``(a_out [n_out], mu [n_out, d], sigma2 [n_out, d],
     R [n_inp, n_out])`` in the inputs' (promoted) floating dtype.
 
   Raises:
-    ValueError: on a wrong shape (naming the argument), ``n_iters < 1`` or a
-      non-positive ``eps``.
+    ValueError: on a wrong shape (naming the argument), ``n_iters < 1``, a
+      non-positive ``eps`` or a non-floating ``compute_dtype``.
 
   References:
     G. E. Hinton, S. Sabour, N. Frosst. Matrix Capsules with EM Routing.
@@ -141,12 +152,14 @@ def em_routing(
   dtype = jnp.result_type(a_inp, votes, beta_u, beta_a)
   if not jnp.issubdtype(dtype, jnp.floating):
     dtype = jnp.result_type(float)
-  a_inp, votes, beta_u, beta_a = (
-      jnp.asarray(x, dtype) for x in (a_inp, votes, beta_u, beta_a))
+  policy = Policy(dtype, compute_dtype)
+  acc = policy.accum  # the dtype of everything but the stored votes
+  a_inp, beta_u, beta_a = (jnp.asarray(x, acc) for x in (a_inp, beta_u, beta_a))
+  votes = policy.store(jnp.asarray(votes, dtype))
   # Cast the options too, so that NumPy float64 scalars leak no float64.
-  lambdas = (jnp.asarray(inverse_temperatures(n_iters, 1.0), dtype)
-             * jnp.asarray(final_lambda, dtype))
-  eps = jnp.asarray(eps, dtype)
+  lambdas = (jnp.asarray(inverse_temperatures(n_iters, 1.0), acc)
+             * jnp.asarray(final_lambda, acc))
+  eps = jnp.asarray(eps, acc)
 
   def m_step(R: jax.Array, lam: jax.Array) -> _MStep:
     R_used = R * a_inp[:, None]                             # [i, j]
@@ -154,22 +167,23 @@ def em_routing(
     # An output with no data gets weights 0 / 1 = 0: finite, and its
     # gradient does not pass through a 1 / 0.
     coef = R_used / jnp.where(mass > 0, mass, 1)            # [i, j]
-    mu = jnp.einsum("ij,ijh->jh", coef, votes)
-    sigma2 = jnp.einsum("ij,ijh->jh", coef, jnp.square(votes - mu)) + eps
+    mu = policy.einsum("ij,ijh->jh", coef, votes)
+    sq_dev = policy.store(jnp.square(votes.astype(acc) - mu))  # [i, j, h]
+    sigma2 = policy.einsum("ij,ijh->jh", coef, sq_dev) + eps
     cost = (beta_u[:, None] + 0.5 * jnp.log(sigma2)) * mass[:, None]
     logit = lam * (beta_a - jnp.sum(cost, axis=1))
     return _MStep(jax.nn.sigmoid(logit), logit, mu, sigma2)
 
   def e_step(m: _MStep) -> jax.Array:
-    log_p = (-jnp.sum(jnp.square(votes - m.mu) / (2 * m.sigma2), axis=2)
+    log_p = (-jnp.sum(jnp.square(votes.astype(acc) - m.mu) / (2 * m.sigma2), axis=2)
              - 0.5 * jnp.sum(jnp.log(m.sigma2), axis=1))    # [i, j]
     return jax.nn.softmax(jax.nn.log_sigmoid(m.logit) + log_p, axis=1)
 
   def iteration(R: jax.Array, lam: jax.Array) -> tuple[jax.Array, None]:
     return e_step(m_step(R, lam)), None
 
-  R = jnp.full((n_inp, n_out), 1 / n_out, dtype)
+  R = jnp.full((n_inp, n_out), 1 / n_out, acc)
   if n_iters > 1:
     R, _ = jax.lax.scan(iteration, R, lambdas[:-1])
   m = m_step(R, lambdas[-1])
-  return EMRouting(a_out=m.a_out, mu=m.mu, sigma2=m.sigma2, R=R)
+  return EMRouting(*(policy.output(x) for x in (m.a_out, m.mu, m.sigma2, R)))

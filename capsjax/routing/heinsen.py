@@ -7,7 +7,10 @@ Domains" (2019, arXiv:1911.00792), Algorithm 1, exactly as the official
 ``Routing`` module of glassroom/heinsen_routing (2019-2020 release) computes
 it, forward and backward.
 
-This version materialises the votes ``V [n_inp, n_out, d_cov, d_out]``.
+The default algorithm materialises the votes ``V [n_inp, n_out, d_cov,
+d_out]``; with weights shared over inputs it can route from input moments
+instead (``_heinsen_moments.py``). ``compute_dtype`` selects mixed precision
+(``_precision.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from jax.typing import ArrayLike
 
 from capsjax import _shapes
 from capsjax.routing._heinsen_moments import heinsen_routing_moments
+from capsjax.routing._precision import Policy
 
 __all__ = ["HeinsenRouting", "heinsen_routing"]
 
@@ -130,6 +134,7 @@ def heinsen_routing(
     precision: jax.lax.PrecisionLike = "highest",
     algorithm: str = "auto",
     chunk_size: int = 512,
+    compute_dtype: jax.typing.DTypeLike | None = None,
 ) -> HeinsenRouting:
   r"""Routes input capsules to output capsules with Heinsen's EM routing.
 
@@ -206,6 +211,26 @@ def heinsen_routing(
       (``n_out * d_out``), e.g. Heinsen's smallNORB layer 1, and ``"votes"``
       otherwise.
     chunk_size: inputs per chunk for ``algorithm="moments"``.
+    compute_dtype: ``None`` (default): everything in the inputs' promoted
+      dtype, as before. A dtype such as ``jnp.bfloat16`` turns on mixed
+      precision. With ``algorithm="votes"``: the votes ``V`` are computed
+      (a contraction over ``d_inp`` only) and stored in ``compute_dtype``
+      (a ``B`` shared over inputs is left out of them and added to
+      ``mu_out`` in float32, which keeps its gradient accurate); the squared
+      deviations ``(V - mu_out)^2`` for ``sig2_out`` are formed in float32
+      and stored in ``compute_dtype``; the ``D_use``-weighted sums over
+      inputs (``mu_out``, ``sig2_out``) take ``compute_dtype`` operands
+      (``D_use`` rounded too) and accumulate in float32; the E-step distance
+      (``d_cov * d_out`` terms per input and output) is one float32 reduction
+      over the stored votes. With ``algorithm="moments"``: the
+      per-chunk contractions (distances from the input outer products, first
+      and second moments) take ``compute_dtype`` operands and accumulate in
+      float32 (the inputs are centred first, so rounding them loses no more
+      than ``compute_dtype``'s precision). Always in float32 (the input dtype
+      promoted to at least float32): the routing logits, ``log_sigmoid``,
+      softmax and log-softmax, ``sum_i D_use``, ``a_out``, ``mu_out`` and
+      ``sig2_out`` (the loop state), the log-variances, ``R``, and the small
+      per-output algebra of the moments form. Outputs are in the input dtype.
 
   Returns:
     A :class:`HeinsenRouting` ``(a_out [n_out], mu_out [n_out, d_cov, d_out],
@@ -215,8 +240,8 @@ def heinsen_routing(
     ValueError: at trace time, on a shape that does not fit the others (the
       message names the argument, the shape it got and the shape expected),
       on ``n_out`` given while ``W``'s output axis is not 1, on ``B_brk``
-      without ``n_out``, or on an invalid ``n_iters``, ``n_out`` or
-      ``p_model``.
+      without ``n_out``, or on an invalid ``n_iters``, ``n_out``,
+      ``p_model`` or ``compute_dtype``.
 
   References:
     F. A. Heinsen, "An Algorithm for Routing Capsules in All Domains", 2019,
@@ -232,6 +257,7 @@ def heinsen_routing(
   a_inp, mu_inp, W, B, beta_use, beta_ign = (
       jnp.asarray(x, dtype) for x in (a_inp, mu_inp, W, B, beta_use, beta_ign))
   n_inp = a_inp.shape[0]
+  policy = Policy(dtype, compute_dtype)
 
   # A padded input (f(a_inp) = 0) has D_use = D_ign = 0: its capsule reaches
   # only its own row of R (as in the official code). Non-finite values there
@@ -251,17 +277,43 @@ def heinsen_routing(
         a_inp, mu_inp, jnp.broadcast_to(W[0], (n_out, d_inp, d_out)),
         jnp.broadcast_to(B[0], (n_out, n_cov, d_out)), beta_use, beta_ign,
         n_iters=n_iters, p_model=p_model, eps=eps, chunk_size=chunk_size,
-        precision=precision))
+        precision=precision, compute_dtype=compute_dtype))
 
-  # Votes (Alg. 1 line 1). A shared W (leading axis 1) is contracted without
-  # being tiled over i.
+  # Votes (Alg. 1 line 1), stored in the compute dtype. A shared W (leading
+  # axis 1) is contracted without being tiled over i.
+  mu_c, W_c = policy.store(mu_inp), policy.store(W)
   if W.shape[0] == 1:
-    V = jnp.einsum("icd,jdh->ijch", mu_inp, W[0], precision=precision)
+    V = jnp.einsum("icd,jdh->ijch", mu_c, W_c[0], precision=precision)
   else:
-    V = jnp.einsum("icd,ijdh->ijch", mu_inp, W, precision=precision)
-  V = jnp.broadcast_to(V + B, (n_inp, n_out) + V.shape[2:])  # [i, j, c, h]
+    V = jnp.einsum("icd,ijdh->ijch", mu_c, W_c, precision=precision)
+  # In mixed precision a bias shared over inputs is kept out of the stored
+  # votes and added to mu_out in acc (mean(V + B) = mean(V) + s B with
+  # s = sum_i D_use / (sum_i D_use + eps)); deviations are taken from
+  # mu_out - B. Otherwise B's gradient would be the small residual of
+  # sum_i dL/dV_i, whose terms cancel after being rounded to compute_dtype.
+  hoist_B = policy.mixed and B.shape[0] == 1
+  if not hoist_B:
+    V = policy.store(V.astype(policy.accum) + B)
+  V = jnp.broadcast_to(V, (n_inp, n_out) + V.shape[2:])  # [i, j, c, h]
+  B_out = (jnp.broadcast_to(B[0].astype(policy.accum), (n_out,) + B.shape[2:])
+           if hoist_B else None)  # [j, c, h]
 
+  # From here on the routing state is in the accumulation dtype (the input
+  # dtype unless compute_dtype is given).
+  acc = policy.accum
+  a_inp, beta_use, beta_ign = (x.astype(acc) for x in (a_inp, beta_use, beta_ign))
   f_a_inp = jax.nn.sigmoid(a_inp)[:, None]  # [i, 1]
+
+  def weighted_sum(D_use, T, over_D_use_sum):
+    """``sum_i D_use[i, j] T[i, j, c, h] / (sum_i D_use + eps)`` ``[j, c, h]``."""
+    if policy.mixed:  # compute-dtype operands, accumulated in acc
+      return (policy.einsum("ij,ijch->jch", D_use, T, precision=precision)
+              * over_D_use_sum[:, None, None])
+    return jnp.einsum("ij,ijch,j->jch", D_use, T, over_D_use_sum, precision=precision)
+
+  def deviation(mu_out):
+    """``V + B - mu_out`` ``[i, j, c, h]`` in acc (fused into its consumer)."""
+    return V.astype(acc) - (mu_out if B_out is None else mu_out - B_out)
 
   def m_step(R):
     """D-step and M-step (eqs. 4, 6, 8; Alg. 1 lines 11-19)."""
@@ -269,20 +321,26 @@ def heinsen_routing(
     D_ign = f_a_inp - D_use
     a_out = (beta_use * D_use).sum(0) - (beta_ign * D_ign).sum(0)  # [j]
     over_D_use_sum = 1.0 / (D_use.sum(0) + eps)  # [j]
-    mu_out = jnp.einsum("ij,ijch,j->jch", D_use, V, over_D_use_sum,
-                        precision=precision)
-    V_less_mu_out_2 = (V - mu_out) ** 2  # [i, j, c, h]
-    sig2_out = jnp.einsum("ij,ijch,j->jch", D_use, V_less_mu_out_2,
-                          over_D_use_sum, precision=precision) + eps
+    mu_out = weighted_sum(D_use, V, over_D_use_sum)  # [j, c, h]
+    if B_out is not None:
+      mu_out = mu_out + (D_use.sum(0) * over_D_use_sum)[:, None, None] * B_out
+    # (V - mu_out)^2 is stored in the compute dtype for the contraction.
+    sig2_out = weighted_sum(D_use, policy.store(deviation(mu_out) ** 2),
+                            over_D_use_sum) + eps
     return a_out, mu_out, sig2_out
 
   def e_step(a_out, mu_out, sig2_out):
     """E-step after the first iteration (eqs. 2-3, in the log domain)."""
-    V_less_mu_out_2 = (V - mu_out) ** 2  # [i, j, c, h]
+    # The distance sums only d_cov * d_out terms per (i, j): in mixed
+    # precision it is one fused reduction in acc over the stored votes.
+    V_less_mu_out_2 = deviation(mu_out) ** 2  # [i, j, c, h]
     if p_model == "gaussian":
-      log_p = (-jnp.einsum("ijch,jch->ij", V_less_mu_out_2, 1.0 / (2.0 * sig2_out),
-                           precision=precision)
-               - 0.5 * jnp.log(sig2_out).sum((1, 2)))  # sum_ch log sqrt(sig2)
+      if policy.mixed:
+        dist = jnp.sum(V_less_mu_out_2 / (2.0 * sig2_out), axis=(2, 3))
+      else:
+        dist = jnp.einsum("ijch,jch->ij", V_less_mu_out_2, 1.0 / (2.0 * sig2_out),
+                          precision=precision)
+      log_p = -dist - 0.5 * jnp.log(sig2_out).sum((1, 2))  # sum_ch log sqrt(sig2)
     else:  # soft k-means
       log_p = jax.nn.log_softmax(-V_less_mu_out_2.sum((2, 3)), axis=1)
     return jax.nn.softmax(jax.nn.log_sigmoid(a_out) + log_p, axis=1)  # [i, j]
@@ -295,7 +353,7 @@ def heinsen_routing(
   # The first iteration is unrolled: its E-step is the constant R = 1/n_out,
   # so putting it in the scan would mean computing and discarding a full
   # E-step over V (or a cond in the body); iterations 2..n_iters are a scan.
-  R = jnp.full((n_inp, n_out), 1.0 / n_out, dtype)
+  R = jnp.full((n_inp, n_out), 1.0 / n_out, acc)
   carry = (*m_step(R), R)
   carry, _ = jax.lax.scan(iteration, carry, None, length=n_iters - 1)
-  return HeinsenRouting(*carry)
+  return HeinsenRouting(*(policy.output(x) for x in carry))

@@ -5,6 +5,10 @@ One routing step maps ``C`` primary capsules (poses ``[C, d1]``, activations
 ``[C]`` that sum to 1 over the capsules) with a post-norm Transformer-style
 block. No official code has been released, so every choice the paper leaves
 open is made here and documented in :func:`self_attention_routing`.
+
+The attention over capsules is computed in blocks of queries (each block sees
+all keys), so neither the forward nor the backward pass holds the whole
+``[n_heads, C, C]`` score tensor: memory grows linearly in ``C``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,13 @@ import jax.numpy as jnp
 
 from capsjax._numerics import layer_norm as _layer_norm, masked_softmax as _masked_softmax
 from capsjax._shapes import check_ndim, check_positive_int, check_shape
+from capsjax.routing._precision import Policy
+
+# Queries per attention block when chunk_size is None. A block's scores,
+# [n_heads, 64, C], are then at most the size of the MLP's [C, d_hidden]
+# activations whenever n_heads * 64 <= d_hidden (the paper: 8 heads at most
+# for d_hidden = 1024), so the attention never dominates the memory.
+_AUTO_QUERY_BLOCK = 64
 
 
 class SelfAttentionParams(NamedTuple):
@@ -120,6 +131,8 @@ def self_attention_routing(
     dropout_rng: jax.Array | None = None,
     qk_scale: float | None = None,
     ln_eps: float = 1e-5,
+    chunk_size: int | None = None,
+    compute_dtype: jax.typing.DTypeLike | None = None,
 ) -> SelfAttentionRouting:
   """Routes ``C`` capsules by multi-head self-attention (Duarte et al., 2021).
 
@@ -170,6 +183,26 @@ def self_attention_routing(
     qk_scale: the attention logit scale; ``None`` means ``1/sqrt(d_head)``.
     ln_eps: LayerNorm epsilon (added to the biased variance); PyTorch's
       default ``1e-5``.
+    chunk_size: queries per attention block. Queries are processed in
+      ``ceil(C / chunk_size)`` equal blocks (the last padded), each attending
+      to all ``C`` keys with an exact softmax, in a ``lax.map`` whose body is
+      rematerialised on the backward pass: forward and backward hold
+      ``[n_heads, block, C]`` scores instead of ``[n_heads, C, C]``, so memory
+      is linear in ``C``. The result is the same function (each query's
+      softmax is computed whole). ``None`` (default): blocks of at most 64
+      queries (``C <= 64`` is one block, no loop). ``chunk_size >= C``: one
+      block.
+    compute_dtype: ``None`` (default): every operation in the dtype the
+      inputs promote to, as before. A dtype such as ``jnp.bfloat16`` turns on
+      mixed precision: the matmuls (the ``Q, K, V`` maps, the scores
+      ``q . k``, the attention-weighted sum of ``V``, ``w_o``, both MLP
+      layers) take operands rounded to ``compute_dtype`` (``Q, K, V``, the
+      attention probabilities and the MLP hidden activations are stored in
+      it) and accumulate in float32. In float32 (the input dtype promoted to
+      at least float32): ``p_i x_i``, the attention softmax, the biases, both
+      LayerNorms (statistics and output), the ReLU and dropout, the residual,
+      the activation logits ``x̂_i W_p + b_p`` (a dot of length ``d2`` per
+      capsule) and their softmax. Outputs are in the input dtype.
 
   Returns:
     A :class:`SelfAttentionRouting` ``(poses [C, d2], activations [C])``.
@@ -177,7 +210,8 @@ def self_attention_routing(
   Raises:
     ValueError: on a wrong shape (naming the argument and the expected
       shape), ``n_heads`` not dividing ``d2``, a bad ``dropout_rate`` or
-      ``ln_eps``, or ``dropout_rate > 0`` without ``dropout_rng``.
+      ``ln_eps``, ``chunk_size`` or ``compute_dtype``, or
+      ``dropout_rate > 0`` without ``dropout_rng``.
 
   References:
     K. Duarte, B. Chen, N. Shvetsova, A. Rouditchenko, S. Thomas, A. Liu,
@@ -203,41 +237,89 @@ def self_attention_routing(
     raise ValueError("dropout_rate > 0 needs a dropout_rng, got dropout_rng=None.")
   if not ln_eps > 0:
     raise ValueError(f"ln_eps must be positive, got {ln_eps!r}.")
+  if chunk_size is not None:
+    check_positive_int("chunk_size", chunk_size)
 
   poses = jnp.asarray(poses)
   activations = jnp.asarray(activations)
   d_head = d2 // n_heads
   scale = 1.0 / math.sqrt(d_head) if qk_scale is None else qk_scale
+  if compute_dtype is None:
+    policy = Policy(jnp.result_type(poses, activations), None)
+  else:
+    out_dtype = jnp.result_type(poses, activations, *(
+        p for p in params if p is not None))
+    if not jnp.issubdtype(out_dtype, jnp.floating):
+      out_dtype = jnp.result_type(out_dtype, jnp.float32)
+    policy = Policy(out_dtype, compute_dtype)
+    acc = policy.accum
+    poses, activations = poses.astype(acc), activations.astype(acc)
+    params = SelfAttentionParams(*(None if p is None else jnp.asarray(p, acc)
+                                   for p in params))
 
   present = activations != 0
   if mask is not None:
     present = present & jnp.asarray(mask)
 
   weighted = activations[:, None] * poses  # p_i x_i, Sec. 3.1
-  q = weighted @ params.w_q + params.b_q
-  k = weighted @ params.w_k + params.b_k
-  v = weighted @ params.w_v + params.b_v
-  split = lambda t: t.reshape(n_caps, n_heads, d_head)  # [C, head, d_head]
-  logits = jnp.einsum("ihe,jhe->hij", split(q), split(k)) * scale
-  attn = _masked_softmax(logits, present[None, None, :], axis=-1)  # [h, i, j]
-  v_att = jnp.einsum("hij,jhe->ihe", attn, split(v)).reshape(n_caps, d2)
+  q = policy.matmul(weighted, params.w_q) + params.b_q
+  k = policy.matmul(weighted, params.w_k) + params.b_k
+  v = policy.matmul(weighted, params.w_v) + params.b_v
+  split = lambda t: policy.store(t.reshape(n_caps, n_heads, d_head))  # [C, head, d_head]
+  v_att = _attention(split(q), split(k), split(v), present, scale, policy,
+                     _AUTO_QUERY_BLOCK if chunk_size is None else chunk_size)
+  v_att = v_att.reshape(n_caps, d2)
   if params.w_o is not None:
-    v_att = v_att @ params.w_o + params.b_o
+    v_att = policy.matmul(v_att, params.w_o) + params.b_o
 
   # App. B: "We then apply normalization across the columns (i.e. capsule
   # feature dimension) as well as two fully connected linear layers, and
   # dropout, with hidden dimension 1024 and output dimension d2. A residual
   # connection from V' to the output capsule features, followed by
   # normalization across the capsule feature dimensions."
-  hidden = jax.nn.relu(
-      _layer_norm(v_att, params.ln1_scale, params.ln1_bias, ln_eps)
-      @ params.w_mlp1 + params.b_mlp1)
+  hidden = jax.nn.relu(policy.matmul(
+      _layer_norm(v_att, params.ln1_scale, params.ln1_bias, ln_eps), params.w_mlp1)
+      + params.b_mlp1)
   if dropout_rate > 0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (n_caps, d_hidden))
     hidden = jnp.where(keep, hidden / (1.0 - dropout_rate), 0)
-  mlp_out = hidden @ params.w_mlp2 + params.b_mlp2
+  mlp_out = policy.matmul(hidden, params.w_mlp2) + params.b_mlp2
   new_poses = _layer_norm(v_att + mlp_out, params.ln2_scale, params.ln2_bias, ln_eps)
 
   act_logits = (new_poses @ params.w_p + params.b_p)[:, 0]  # Eq. (2)
   new_acts = _masked_softmax(act_logits, present, axis=0)
-  return SelfAttentionRouting(poses=new_poses, activations=new_acts)
+  return SelfAttentionRouting(poses=policy.output(new_poses),
+                              activations=policy.output(new_acts))
+
+
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, present: jax.Array,
+               scale: float, policy: Policy, block: int) -> jax.Array:
+  """Multi-head attention of every query over the present keys (Eq. 6).
+
+  Args:
+    q, k, v: ``[C, n_heads, d_head]``.
+    present: ``[C]`` bool, the keys that take part.
+    scale: the logit scale.
+    policy: the precision policy (scores and softmax in its ``accum`` dtype).
+    block: queries per block.
+
+  Returns:
+    ``[C, n_heads, d_head]`` the attention output ``V'`` per head.
+  """
+  n_caps = q.shape[0]
+
+  def attend(q_blk):  # [b, h, e] -> [b, h, e]
+    logits = policy.einsum("ihe,jhe->hij", q_blk, k) * scale
+    attn = _masked_softmax(logits, present[None, None, :], axis=-1)  # [h, i, j]
+    return policy.einsum("hij,jhe->ihe", policy.store(attn), v)
+
+  n_blocks = -(-n_caps // block)
+  if n_blocks == 1:
+    return attend(q)
+  # Equal blocks, padding as little as possible; padded queries are zeros
+  # and their outputs are dropped. The body is rematerialised on the
+  # backward pass, so only one block's [h, b, C] scores live at a time.
+  size = -(-n_caps // n_blocks)
+  q_blocks = jnp.pad(q, [(0, n_blocks * size - n_caps), (0, 0), (0, 0)])
+  out = jax.lax.map(jax.checkpoint(attend), q_blocks.reshape((n_blocks, size) + q.shape[1:]))
+  return out.reshape((n_blocks * size,) + q.shape[1:])[:n_caps]
