@@ -1,15 +1,15 @@
 r"""Table 1 (App. Table 8 model): inverted dot-product attention routing,
-simple backbone, CIFAR-10: 85.17 % test accuracy (0.56M parameters; best of
-1-5 routing iterations, 85.05 % at the 2 used here, Fig. 4 table).
+simple backbone, CIFAR-10: 85.17 % test accuracy (0.56M parameters; the best
+of 1-5 routing iterations; 85.05 % at the 2 used here, Fig. 4 table).
 
+  python -m capsjax.data.prepare --datasets=cifar10 --data_dir=$HOME/tfds
   python -m experiments.tsai2020.main \
       --config=experiments/tsai2020/configs/cifar10_simple.py \
-      --config.data.dir=/path/to/cifar10 --workdir=/tmp/tsai_cifar10_simple
+      --config.data.dir=$HOME/tfds --workdir=/tmp/tsai_cifar10_simple
 
-Needs CIFAR-10 in ``data.dir``; capsjax has no CIFAR-10 reader yet, so the
-run stops with an error naming the files. Training as
-``configs/cifar10_resnet.py`` (App. A.1/A.2: batch 128, 350 epochs, 8-GPU
-machine; time not stated).
+Data and training as ``configs/cifar10_resnet.py`` (App. A.1/A.2: batch
+128, 350 epochs, 8-GPU machine; time not stated). Not run here (no CIFAR-10
+and no GPU on the development machine).
 """
 
 import ml_collections
