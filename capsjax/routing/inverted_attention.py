@@ -21,6 +21,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -29,12 +30,8 @@ import numpy as np
 
 from capsjax import _shapes
 from capsjax._numerics import layer_norm as _layer_norm
-
-# The official code divides r by (sum_j r + 1e-10) after the softmax. It is a
-# no-op in float32 but moves float64 results by ~1e-10, so it is kept to
-# match the official function exactly where jax_enable_x64 is on.
-_RENORM_EPS = 1e-10
-
+from capsjax.routing._inverted_attention_conv import RENORM_EPS as _RENORM_EPS
+from capsjax.routing._inverted_attention_conv import conv_pose_sum as _conv_pose_sum
 
 # ----------------------------------------------------------------------------
 # Shared routing step.
@@ -46,11 +43,16 @@ def _finish(pose: jax.Array, ln_scale: jax.Array | None,
   """LayerNorm of the summed pose, which the official layer skips on 1-d poses."""
   if pose.shape[-1] == 1:
     return pose
-  return _layer_norm(pose, ln_scale, ln_bias)
+  # Statistics in at least float32: bfloat16's 8-bit mantissa would lose the
+  # variance of poses whose mean is large.
+  stats = jnp.promote_types(pose.dtype, jnp.float32)
+  as_stats = lambda a: None if a is None else a.astype(stats)
+  return _layer_norm(pose.astype(stats), as_stats(ln_scale),
+                     as_stats(ln_bias)).astype(pose.dtype)
 
 
 def _route_block(x_blk: jax.Array, w_blk: jax.Array, x_out: jax.Array | None,
-                 matrix_pose: bool, precision) -> jax.Array:
+                 matrix_pose: bool, precision, compute_dtype=None) -> jax.Array:
   """Eqs. (1)-(4) before LayerNorm for one block of inputs, without the votes.
 
   Args:
@@ -60,9 +62,12 @@ def _route_block(x_blk: jax.Array, w_blk: jax.Array, x_out: jax.Array | None,
     x_out: poses of the layer above ``[..., n_out, d_out]`` or ``None``.
     matrix_pose: whether poses are flattened ``s x s`` matrices.
     precision: of the contractions.
+    compute_dtype: dtype of the contractions' operands (``None``: the
+      inputs'); they accumulate in at least float32, and the logits and
+      softmax are at least float32.
 
   Returns:
-    ``sum_i r_ij v_ij``, ``[..., n_out, d_out]``.
+    ``sum_i r_ij v_ij``, ``[..., n_out, d_out]`` in the inputs' dtype.
 
   The votes ``v_ij = x_i W_ij`` are never formed: the agreement
   ``x_out_j . v_ij`` and the pose ``sum_i r_ij v_ij`` are each one
@@ -71,6 +76,14 @@ def _route_block(x_blk: jax.Array, w_blk: jax.Array, x_out: jax.Array | None,
   d_out]`` tensor written out and read back.
   """
   n_out = w_blk.shape[1]
+  dtype = jnp.result_type(x_blk, w_blk)
+  cd = jnp.dtype(dtype if compute_dtype is None else compute_dtype)
+  acc = jnp.promote_types(cd, jnp.float32)
+  x_blk, w_blk = x_blk.astype(cd), w_blk.astype(cd)
+  if x_out is not None:
+    x_out = x_out.astype(cd)
+  contract = functools.partial(jnp.einsum, precision=precision,
+                               preferred_element_type=acc)
   if matrix_pose:  # x_i, x_out_j as s x s matrices: [.., i, r, c], [.., j, r, h]
     s = w_blk.shape[-1]
     d_out = s * s
@@ -86,44 +99,15 @@ def _route_block(x_blk: jax.Array, w_blk: jax.Array, x_out: jax.Array | None,
   if x_out is None:
     # First iteration: the official softmax of zero agreements, r = 1/n_out
     # exactly, so the pose is the sum (not the mean) of the votes / n_out.
-    out = jnp.einsum(vote, x_blk, w_blk, precision=precision) / n_out
+    out = contract(vote, x_blk, w_blk) / n_out
   else:
     # Eq. (2) with the official 1/sqrt(d_out) scale (the paper omits it).
-    logits = jnp.einsum(agree, x_blk, w_blk, x_out,
-                        precision=precision) / math.sqrt(d_out)
+    logits = contract(agree, x_blk, w_blk, x_out) / np.sqrt(d_out).astype(acc)
     r = jax.nn.softmax(logits, axis=-1)                               # Eq. (3)
     r = r / (jnp.sum(r, axis=-1, keepdims=True) + _RENORM_EPS)
-    out = jnp.einsum(pose, r, x_blk, w_blk, precision=precision)      # Eq. (4)
+    out = contract(pose, r.astype(cd), x_blk, w_blk)                  # Eq. (4)
+  out = out.astype(dtype)
   return out.reshape(out.shape[:-3] + (n_out, d_out)) if matrix_pose else out
-
-
-def _conv_pose_sum(x_inp: jax.Array, W: jax.Array, x_out: jax.Array | None,
-                   stride: int, matrix_pose: bool, precision) -> jax.Array:
-  """``sum_i r_ij v_ij`` over all window entries, ``[H', W', n_out, d_out]``.
-
-  Each (window offset, input capsule) routes on its own (softmax over
-  ``n_out`` only), so the ``k*k`` offsets are independent blocks: a scan over
-  them reads each block as a strided slice of ``x_inp`` (no copy of every
-  window) and, rematerialised on the backward pass, keeps one offset's
-  intermediates alive instead of all ``k*k``.
-  """
-  k, n_out = W.shape[0], W.shape[3]
-  d_out = W.shape[-1] ** 2 if matrix_pose else W.shape[-1]
-  h_out = (x_inp.shape[0] - k) // stride + 1
-  w_out = (x_inp.shape[1] - k) // stride + 1
-  span = ((h_out - 1) * stride + 1, (w_out - 1) * stride + 1) + x_inp.shape[2:]
-
-  @jax.checkpoint
-  def add_offset(acc, offset):
-    row, col = offset // k, offset % k
-    x_blk = jax.lax.dynamic_slice(x_inp, (row, col, 0, 0), span)[::stride, ::stride]
-    w_blk = jax.lax.dynamic_index_in_dim(
-        jax.lax.dynamic_index_in_dim(W, row, 0, keepdims=False), col, 0,
-        keepdims=False)                                          # [i, j, ...]
-    return acc + _route_block(x_blk, w_blk, x_out, matrix_pose, precision), None
-
-  acc = jnp.zeros((h_out, w_out, n_out, d_out), jnp.result_type(x_inp, W))
-  return jax.lax.scan(add_offset, acc, jnp.arange(k * k))[0]
 
 
 # ----------------------------------------------------------------------------
@@ -170,6 +154,19 @@ def _check_ln(ln_scale, ln_bias, d_out: int) -> None:
     _shapes.check_shape("ln_bias", ln_bias, (d_out,), "[d_out]")
 
 
+def _check_compute_dtype(compute_dtype) -> None:
+  if compute_dtype is None:
+    return
+  try:
+    dtype = jnp.dtype(compute_dtype)
+  except TypeError as err:
+    raise ValueError(f"compute_dtype must be a floating dtype or None, got "
+                     f"{compute_dtype!r}.") from err
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"compute_dtype must be a floating dtype or None, got "
+                     f"{compute_dtype!r}.")
+
+
 def _as_array(x):
   return None if x is None else jnp.asarray(x)
 
@@ -188,6 +185,7 @@ def inverted_attention_fc(
     ln_scale: jax.typing.ArrayLike | None = None,
     ln_bias: jax.typing.ArrayLike | None = None,
     precision: jax.lax.PrecisionLike = "highest",
+    compute_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
   """One inverted dot-product attention routing step of an FC capsule layer.
 
@@ -222,6 +220,13 @@ def inverted_attention_fc(
     precision: of every contraction. ``"highest"`` (default) is true float32
       arithmetic, as the official PyTorch code computes; ``None`` takes JAX's
       default (TF32 on recent GPUs, ~1e-3 relative error).
+    compute_dtype: dtype of the poses, weights and routing weights inside the
+      contractions, e.g. ``jnp.bfloat16``; ``None`` (default) keeps the
+      inputs' dtype. The contractions accumulate in at least float32
+      (``preferred_element_type``), and the agreements, the softmax and the
+      LayerNorm statistics are at least float32; the output has the inputs'
+      dtype. With bfloat16, expect relative errors of a few 1e-3 (its 8-bit
+      mantissa rounds each operand by up to 2**-9).
 
   Returns:
     The new output poses ``[n_out, d_out]``.
@@ -230,6 +235,7 @@ def inverted_attention_fc(
     Tsai et al. (2020), Procedure 1, Eqs. (1)-(4).
   """
   _check_matrix_pose(matrix_pose)
+  _check_compute_dtype(compute_dtype)
   n_inp, d_inp = _shapes.check_ndim("x_inp", x_inp, 2, "[n_inp, d_inp]")
   _check_nonempty("x_inp", (n_inp, d_inp), "[n_inp, d_inp]")
   n_out, d_out = _check_weight(W, (), "", n_inp, d_inp, matrix_pose)
@@ -238,7 +244,7 @@ def inverted_attention_fc(
   _check_ln(ln_scale, ln_bias, d_out)
 
   pose = _route_block(jnp.asarray(x_inp), jnp.asarray(W), _as_array(x_out),
-                     matrix_pose, precision)
+                     matrix_pose, precision, compute_dtype)
   return _finish(pose, _as_array(ln_scale),
                        _as_array(ln_bias))
 
@@ -253,6 +259,7 @@ def inverted_attention_conv(
     ln_scale: jax.typing.ArrayLike | None = None,
     ln_bias: jax.typing.ArrayLike | None = None,
     precision: jax.lax.PrecisionLike = "highest",
+    compute_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
   """One inverted dot-product attention routing step of a conv capsule layer.
 
@@ -266,6 +273,12 @@ def inverted_attention_conv(
 
   Follows the official ``CapsuleCONV.forward`` (eval mode) with the authors'
   true sliding window (the first apple release scrambles window positions).
+
+  With ``x_out`` the step runs as batched matmuls per window offset without
+  forming the votes, with a hand-written backward pass (``jax.custom_vjp``)
+  and a ``jax.vmap`` rule that folds the mapped axis into the matmuls; so
+  reverse-mode differentiation and ``vmap`` work, forward-mode (``jax.jvp``)
+  does not. With ``x_out=None`` it is one matmul over all window entries.
 
   Porting official weights (see :func:`conv_weight_from_official`): vector
   ``W = w.transpose(0, 1, 2, 4, 3, 5)`` (official ``w[k, l, n, a, m, d]``),
@@ -289,6 +302,13 @@ def inverted_attention_conv(
     precision: of every contraction. ``"highest"`` (default) is true float32
       arithmetic, as the official PyTorch code computes; ``None`` takes JAX's
       default (TF32 on recent GPUs, ~1e-3 relative error).
+    compute_dtype: dtype of the poses, weights and routing weights inside the
+      contractions, e.g. ``jnp.bfloat16``; ``None`` (default) keeps the
+      inputs' dtype. The contractions accumulate in at least float32
+      (``preferred_element_type``), and the agreements, the softmax and the
+      LayerNorm statistics are at least float32; the output has the inputs'
+      dtype. With bfloat16, expect relative errors of a few 1e-3 (its 8-bit
+      mantissa rounds each operand by up to 2**-9).
 
   Returns:
     The new output poses ``[H', W', n_out, d_out]``.
@@ -297,6 +317,7 @@ def inverted_attention_conv(
     Tsai et al. (2020), Procedure 1, Eqs. (1)-(4).
   """
   _check_matrix_pose(matrix_pose)
+  _check_compute_dtype(compute_dtype)
   _shapes.check_positive_int("stride", stride)
   letters = "[H, W, n_inp, d_inp]"
   height, width, n_inp, d_inp = _shapes.check_ndim("x_inp", x_inp, 4, letters)
@@ -317,7 +338,7 @@ def inverted_attention_conv(
   _check_ln(ln_scale, ln_bias, d_out)
 
   pose = _conv_pose_sum(jnp.asarray(x_inp), jnp.asarray(W), _as_array(x_out),
-                        stride, matrix_pose, precision)
+                        stride, matrix_pose, precision, compute_dtype)
   return _finish(pose, _as_array(ln_scale),
                        _as_array(ln_bias))
 

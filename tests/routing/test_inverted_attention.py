@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from capsjax.routing import _inverted_attention_conv as conv_core
 from capsjax.routing import inverted_attention_conv, inverted_attention_fc
 from capsjax.routing.inverted_attention import (conv_weight_from_official,
                                                  fc_weight_from_official)
@@ -331,6 +332,32 @@ def test_vmap_matches_loop():
                                           ln_bias=cv["ln_bias"]), tol=1e-6)
 
 
+def test_conv_batch_chunks_match_single_samples(monkeypatch):
+  # A byte budget of 1 makes the vmapped step loop over one sample at a time.
+  monkeypatch.setattr(conv_core, "_CHUNK_BYTES", 1)
+  rng = np.random.default_rng(32)
+  cv = conv_case(32, matrix_pose=True, stride=2)
+  xs = _normal(rng, (3, *cv["x_inp"].shape))
+  outs = _normal(rng, (3, *cv["x_out"].shape))
+  g = _normal(rng, (3, *cv["x_out"].shape))
+
+  def loss(x, w, xo, g):
+    out = inverted_attention_conv(x, w, xo, stride=2, matrix_pose=True)
+    return jnp.sum(out * g), out
+
+  step = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+  batched = jax.jit(jax.vmap(step, in_axes=(0, None, 0, 0)))
+  (_, out), (dx, dW, dxo) = batched(xs, cv["W"], outs, g)
+  assert conv_core._batch_chunks(xs, cv["W"], outs, conv_core._ConvGeometry(
+      3, 2, 2, 2, 2, "highest", jnp.dtype(jnp.float32))) == 3
+  single = jax.jit(step)
+  for b in range(3):
+    (_, out_b), grads_b = single(xs[b], cv["W"], outs[b], g[b])
+    # vmap of a gradient: dW is each sample's own, not the batch's sum.
+    for got, want in zip((out[b], dx[b], dW[b], dxo[b]), (out_b, *grads_b)):
+      assert_rel_close(got, want, tol=1e-5)
+
+
 def test_dtypes():
   fc = fc_case(16, matrix_pose=False)
   bf16 = {a: None if v is None else jnp.asarray(v, jnp.bfloat16)
@@ -425,6 +452,64 @@ def test_check_grads_float64():
     f = jax.jit(lambda *a: inverted_attention_conv(
         *a[:3], stride=2, matrix_pose=True, ln_scale=a[3], ln_bias=a[4]))
     check_grads(f, tuple(cv[a] for a in _ARGS), order=1, modes=("rev",))
+
+
+# ----------------------------------------------------------------------------
+# Mixed precision at the paper's shapes.
+# ----------------------------------------------------------------------------
+
+# bfloat16 keeps 8 significant bits: each rounded operand is off by at most
+# u = 2**-9 (relative). A vote or agreement term multiplies two rounded
+# operands (<= 2u), the summed pose adds the rounding of r * P (u) and the
+# routing weights move with the agreements' error, so each output carries a
+# few u of error; summed over hundreds of terms with float32 accumulation the
+# errors average rather than add. LayerNorm divides by the pose spread, which
+# keeps the error relative. 8u bounds the norm-wise relative error of the
+# outputs and gradients (measured: 1.3u forward, 1-2u gradients).
+_BF16_TOL = 8 * 2.0**-9
+
+
+def _mixed_case(seed, x_shape, w_shape, xo_shape, n_inp_total, batch):
+  rng = np.random.default_rng(seed)
+  s = w_shape[-1]
+  n_out = w_shape[-3]
+  # Official-style scale: votes summed over n_inp_total window entries.
+  w_scale = np.sqrt(n_out / (s * n_inp_total))
+  return (_normal(rng, (batch, *x_shape)), _normal(rng, w_shape, w_scale),
+          _normal(rng, (batch, *xo_shape)), rng.standard_normal((batch, *xo_shape)))
+
+
+def _mixed_value_and_grads(kernel, args, compute_dtype):
+  x, w, xo, g = args
+
+  def loss(x, w, xo):
+    out = jax.vmap(lambda a, b: kernel(a, w, b, compute_dtype=compute_dtype))(x, xo)
+    return jnp.sum(out * g), out
+
+  (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2),
+                                               has_aux=True))(x, w, xo)
+  return out, grads
+
+
+@pytest.mark.parametrize("layer", ["conv", "fc"])
+def test_bfloat16_compute_close_to_float32(layer):
+  if layer == "conv":  # Tsai et al.'s first conv capsule layer, batch 2
+    kernel = functools.partial(inverted_attention_conv, stride=2, matrix_pose=True)
+    args = _mixed_case(30, (16, 16, 32, 16), (3, 3, 32, 32, 4, 4), (7, 7, 32, 16),
+                       9 * 32, batch=2)
+  else:  # the class capsules, 800 -> 10, batch 2
+    kernel = functools.partial(inverted_attention_fc, matrix_pose=True)
+    args = _mixed_case(31, (800, 16), (800, 10, 4, 4), (10, 16), 800, batch=2)
+  out32, grads32 = _mixed_value_and_grads(kernel, args, None)
+  out16, grads16 = _mixed_value_and_grads(kernel, args, jnp.bfloat16)
+  assert out16.dtype == jnp.float32
+  for name, lo, hi in zip(("out", "dx_inp", "dW", "dx_out"),
+                          (out16, *grads16), (out32, *grads32)):
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    assert lo.dtype == hi.dtype and np.all(np.isfinite(lo)), name
+    err = np.linalg.norm(lo - hi) / np.linalg.norm(hi)
+    # Not bit-equal to float32 (bfloat16 really was used), within the bound.
+    assert 2.0**-16 < err < _BF16_TOL, (name, err)
 
 
 # ----------------------------------------------------------------------------
@@ -593,6 +678,14 @@ _BAD = {
     "conv matrix W vector": (
         _conv_call(_CVM, matrix_pose=True, W=_Z((3, 3, 2, 3, 4, 4))),
         r"W must have shape \[k, k, n_inp, n_out, s, s\]"),
+    "fc compute_dtype int": (
+        lambda: inverted_attention_fc(_FC["x_inp"], _FC["W"], matrix_pose=False,
+                                      compute_dtype=jnp.int32),
+        "compute_dtype must be a floating dtype or None"),
+    "conv compute_dtype str": (
+        lambda: inverted_attention_conv(_CV["x_inp"], _CV["W"], stride=1,
+                                        matrix_pose=False, compute_dtype="nope"),
+        "compute_dtype must be a floating dtype or None"),
     "port fc ndim": (
         lambda: fc_weight_from_official(_Z((2, 3, 4)), matrix_pose=False),
         r"w must have 4 axes \[n, a, m, d\]"),
