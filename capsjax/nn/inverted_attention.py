@@ -162,7 +162,13 @@ class _InvertedAttentionBase(nnx.Module):
 
   def _setup(self, n_inp, d_inp, n_out, d_out, kernel_size, w_lead, *,
              matrix_pose, dropout_rate, layer_norm, activations, dtype,
-             param_dtype, rngs):
+             param_dtype, compute_dtype, rngs):
+    if compute_dtype is not None and activations:
+      raise ValueError(
+          "compute_dtype (the routing kernel's mixed precision) applies to "
+          "the kernel path; it is not available with activations=True "
+          "(ablation C), which routes outside the kernel. Use dtype= there.")
+    self.compute_dtype = compute_dtype
     for name, value in (("n_inp", n_inp), ("d_inp", d_inp), ("n_out", n_out),
                         ("d_out", d_out)):
       _shapes.check_positive_int(name, value)
@@ -257,15 +263,17 @@ class InvertedAttentionFC(_InvertedAttentionBase):
   mode only; switched off by ``model.eval()``), ``layer_norm=False``
   (ablation A), ``activations=True`` (ablation C: capsules carry activations
   in (0, 1); the call then takes ``a_inp`` and returns
-  :class:`RoutedCapsules`), ``dtype`` (computation, e.g. ``jnp.bfloat16``)
-  and ``param_dtype``.
+  :class:`RoutedCapsules`), ``dtype`` (computation, e.g. ``jnp.bfloat16``),
+  ``param_dtype``, and ``compute_dtype`` (the routing kernel's mixed
+  precision: bf16 contractions with float32 softmax and LayerNorm
+  statistics; see :func:`capsjax.routing.inverted_attention_fc`).
   """
 
   def __init__(self, n_inp: int, d_inp: int, n_out: int, d_out: int, *,
                matrix_pose: bool = True, dropout_rate: float = 0.0,
                layer_norm: bool = True, activations: bool = False,
                dtype: Any = None, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
+               compute_dtype: Any = None, rngs: nnx.Rngs):
     """Creates the layer (see the class docstring).
 
     Raises:
@@ -275,7 +283,7 @@ class InvertedAttentionFC(_InvertedAttentionBase):
     self._setup(n_inp, d_inp, n_out, d_out, 1, (), matrix_pose=matrix_pose,
                 dropout_rate=dropout_rate, layer_norm=layer_norm,
                 activations=activations, dtype=dtype, param_dtype=param_dtype,
-                rngs=rngs)
+                compute_dtype=compute_dtype, rngs=rngs)
 
   def __call__(self, x_inp: jax.typing.ArrayLike,
                x_out: jax.typing.ArrayLike | None = None, *,
@@ -321,7 +329,8 @@ class InvertedAttentionFC(_InvertedAttentionBase):
     if self._uses_kernel():
       scale, bias = self._ln_params(dtype)
       route = lambda x, xo: inverted_attention_fc(
-          x, W, xo, matrix_pose=self.matrix_pose, ln_scale=scale, ln_bias=bias)
+          x, W, xo, matrix_pose=self.matrix_pose, ln_scale=scale, ln_bias=bias,
+          compute_dtype=self.compute_dtype)
       if x_out is None:
         return jax.vmap(lambda x: route(x, None))(x_inp)
       return jax.vmap(route)(x_inp, x_out)
@@ -358,7 +367,8 @@ class InvertedAttentionConv(_InvertedAttentionBase):
                kernel_size: int, stride: int = 1, *, matrix_pose: bool = True,
                dropout_rate: float = 0.0, layer_norm: bool = True,
                activations: bool = False, dtype: Any = None,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+               param_dtype: Any = jnp.float32, compute_dtype: Any = None,
+               rngs: nnx.Rngs):
     """Creates the layer (see the class docstring).
 
     Raises:
@@ -373,7 +383,7 @@ class InvertedAttentionConv(_InvertedAttentionBase):
                 (kernel_size, kernel_size), matrix_pose=matrix_pose,
                 dropout_rate=dropout_rate, layer_norm=layer_norm,
                 activations=activations, dtype=dtype, param_dtype=param_dtype,
-                rngs=rngs)
+                compute_dtype=compute_dtype, rngs=rngs)
 
   def output_size(self, size: int) -> int:
     """Output grid side for an input grid side ``size`` (VALID windows)."""
@@ -419,7 +429,7 @@ class InvertedAttentionConv(_InvertedAttentionBase):
       scale, bias = self._ln_params(dtype)
       route = lambda x, xo: inverted_attention_conv(
           x, W, xo, stride=self.stride, matrix_pose=self.matrix_pose,
-          ln_scale=scale, ln_bias=bias)
+          ln_scale=scale, ln_bias=bias, compute_dtype=self.compute_dtype)
       if x_out is None:
         return jax.vmap(lambda x: route(x, None))(x_inp)
       return jax.vmap(route)(x_inp, x_out)

@@ -20,6 +20,7 @@ from flax import nnx
 
 from capsjax.nn.inverted_attention import (InvertedAttentionConv,
                                            InvertedAttentionFC, RoutedCapsules)
+from capsjax import routing
 from capsjax.nn.primary_capsules import PrimaryCapsules
 from tests.routing import reference_inverted_attention as ref
 from tests.testing_utils import assert_rel_close
@@ -386,3 +387,38 @@ def test_bad_arguments_raise():
     InvertedAttentionConv(3, 4, 2, 4, 3, 0, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="n_out must be a positive integer"):
     InvertedAttentionFC(3, 4, 0, 4, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_compute_dtype_reaches_the_kernel(conv):
+  """bf16 routing in the layer equals the kernel's own bf16 routing, and
+  differs from float32 routing by bf16 rounding only."""
+  rng = np.random.default_rng(0)
+  if conv:
+    layer = InvertedAttentionConv(2, 4, 3, 4, 3, 2, compute_dtype=jnp.bfloat16,
+                                     rngs=nnx.Rngs(0))
+    x = rng.standard_normal((2, 5, 5, 2, 4)).astype(np.float32)
+    kernel = lambda xi: routing.inverted_attention_conv(
+        xi, layer.W[...], None, stride=2, matrix_pose=True,
+        ln_scale=layer.ln_scale[...],
+        ln_bias=layer.ln_bias[...], compute_dtype=jnp.bfloat16)
+  else:
+    layer = InvertedAttentionFC(6, 4, 3, 4, compute_dtype=jnp.bfloat16,
+                                   rngs=nnx.Rngs(0))
+    x = rng.standard_normal((2, 6, 4)).astype(np.float32)
+    kernel = lambda xi: routing.inverted_attention_fc(
+        xi, layer.W[...], None, matrix_pose=True, ln_scale=layer.ln_scale[...],
+        ln_bias=layer.ln_bias[...], compute_dtype=jnp.bfloat16)
+  out = layer(x)
+  assert out.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(jax.vmap(kernel)(x)))
+  layer.compute_dtype = None
+  exact = layer(x)
+  err = float(jnp.max(jnp.abs(out - exact)) / jnp.max(jnp.abs(exact)))
+  assert 0 < err < 8 * 2.0**-9, err
+
+
+def test_compute_dtype_with_activations_is_refused():
+  with pytest.raises(ValueError, match="compute_dtype"):
+    InvertedAttentionFC(6, 4, 3, 4, activations=True,
+                           compute_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
