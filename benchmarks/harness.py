@@ -133,3 +133,39 @@ def _fmt(v: Any) -> str:
 
 def mib(n_bytes: float) -> float:
   return n_bytes / 2**20
+
+
+def compile_jitted(jitted_fn, *args) -> Compiled:
+  """As :func:`compile_fn` for a function already wrapped in ``jax.jit``.
+
+  Keeps the shardings and ``donate_argnums`` the caller jitted it with (a
+  train step from ``capsjax.train.make_train_step``, say).
+  """
+  start = time.perf_counter()
+  compiled = jitted_fn.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  cost = _cost(compiled)
+  return Compiled(compiled, compile_s, float(cost.get("flops", 0.0)),
+                  float(cost.get("bytes accessed", 0.0)), peak_bytes(compiled))
+
+
+def time_state_step(compiled_step, state, *args, min_time: float = 0.5,
+                    min_reps: int = 1, max_reps: int = 20) -> tuple[float, Any]:
+  """Median wall time of ``state = compiled_step(state, *args)[0]``.
+
+  For steps that donate their state: each call consumes the state the
+  previous one returned, so nothing donated is used twice. One warm-up call,
+  then as :func:`time_compiled`.
+
+  Returns:
+    ``(median seconds, the last state)``.
+  """
+  state = compiled_step(state, *args)[0]
+  jax.block_until_ready(state)
+  times: list[float] = []
+  while len(times) < max_reps and (len(times) < min_reps or sum(times) < min_time):
+    start = time.perf_counter()
+    state = compiled_step(state, *args)[0]
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), state
