@@ -570,7 +570,7 @@ def sspc_loss(out: Swetha2023Output, queue: SSPCQueue, *,
               cross_modal_weight: float = 1.0,
               modality_specific_weight: float = 1.0,
               temperature: float = 0.1, eps: float = 0.07, n_iters: int = 20,
-              required_fraction: float = 0.5
+              required_fraction: float = 0.5, discrete: bool = True
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The SSPC loss with Multi-SK targets (official ``AncSimilarityLoss``).
 
@@ -600,6 +600,8 @@ def sspc_loss(out: Swetha2023Output, queue: SSPCQueue, *,
     modality_specific_weight: MS switch/scale (1).
     temperature: the ``0.1`` inside the official ``calculate_cost``.
     eps, n_iters, required_fraction: Multi-SK (0.07, 20, 0.5).
+    discrete: Multi-SK's channel damping: True for suppl. Table 7's
+      "Approach 1" (the paper's), False for "Approach 2".
 
   Returns:
     ``(loss, per_term)``, ``per_term`` keyed ``loss_pair_{r}_{c}``
@@ -648,7 +650,7 @@ def sspc_loss(out: Swetha2023Output, queue: SSPCQueue, *,
   b = jnp.shape(out.input_sim["text"])[0]
   sk = jax.vmap(functools.partial(
       multi_sk_assignment, eps=eps, n_iters=n_iters,
-      required_fraction=required_fraction))
+      required_fraction=required_fraction, discrete=discrete))
   targets = {}
   for group in _group_by_anchors(keys, lambda k: out.input_anchors[k[2]]):
     assigned = sk(jnp.stack([sk_input(k) for k in group]))
@@ -702,7 +704,8 @@ def swetha2023_loss(out: Swetha2023Output, queue: SSPCQueue, *,
                         AUTHORS_SSPC_WEIGHTS),
                     temperature: float = 0.05, sspc_temperature: float = 0.1,
                     sk_eps: float = 0.07, sk_iters: int = 20,
-                    required_fraction: float = 0.5) -> Swetha2023Loss:
+                    required_fraction: float = 0.5,
+                    sk_discrete: bool = True) -> Swetha2023Loss:
   """The full training loss of Swetha et al. (2023), and the queue update.
 
   ``lambda_nce * L_contrastive + lambda_sspc * L_sspc``: Table 5's
@@ -722,6 +725,8 @@ def swetha2023_loss(out: Swetha2023Output, queue: SSPCQueue, *,
     temperature: NormSoftmax temperature (0.05).
     sspc_temperature: temperature inside the SSPC cost (0.1).
     sk_eps, sk_iters, required_fraction: Multi-SK (0.07, 20, 0.5).
+    sk_discrete: Multi-SK's channel damping (True: "Approach 1", the
+      paper's; False: "Approach 2", suppl. Table 7).
 
   Returns:
     A :class:`Swetha2023Loss` ``(loss, queue, metrics)``.
@@ -734,7 +739,7 @@ def swetha2023_loss(out: Swetha2023Output, queue: SSPCQueue, *,
       out, queue, weights=sspc_weights, cross_modal_weight=cross_modal_weight,
       modality_specific_weight=modality_specific_weight,
       temperature=sspc_temperature, eps=sk_eps, n_iters=sk_iters,
-      required_fraction=required_fraction)
+      required_fraction=required_fraction, discrete=sk_discrete)
   active = queue.count >= queue.input["text"].shape[0]
   metrics = {"contrastive": contrastive, "sspc": sspc,
              "sspc_active": active, **pairs, **terms}

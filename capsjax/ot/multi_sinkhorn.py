@@ -240,12 +240,14 @@ def multi_sinkhorn(scores: jax.typing.ArrayLike, *, eps: float, n_iters: int,
 
 
 def multi_sk_assignment(similarity: jax.typing.ArrayLike, *, eps: float,
-                        n_iters: int, required_fraction: float) -> jax.Array:
+                        n_iters: int, required_fraction: float,
+                        discrete: bool = True) -> jax.Array:
   """Per-sample anchor assignment from Multi-SK (official ``calculate_sk``).
 
-  Runs :func:`multi_sinkhorn` with ``discrete=True`` and
-  ``required_properties = int(K * required_fraction)``, sums the last
-  ``required_properties`` (undamped) channels, and min-max normalises each
+  Runs :func:`multi_sinkhorn` with ``required_properties = int(K *
+  required_fraction)`` (and ``discrete``), sums the last
+  ``required_properties`` channels (undamped for ``discrete=True``; the most
+  weighted ones of the ramp otherwise), and min-max normalises each
   sample's row over the anchors to ``[0, 1]``.
 
   Differences from the official code: a constant row, where the official
@@ -260,6 +262,8 @@ def multi_sk_assignment(similarity: jax.typing.ArrayLike, *, eps: float,
     required_fraction: the fraction of anchors each sample is assigned to,
       in ``(0, 1]`` (the authors use 0.5); ``int(K * required_fraction)``
       must be at least 1.
+    discrete: the channel damping of :func:`multi_sinkhorn`: ``True``,
+      suppl. Table 7's "Approach 1" (the paper's), ``False`` "Approach 2".
 
   Returns:
     ``[B, K]`` assignment in ``[0, 1]`` (each row has min 0 and max 1 unless
@@ -285,7 +289,7 @@ def multi_sk_assignment(similarity: jax.typing.ArrayLike, *, eps: float,
         f"int(K * required_fraction) = 0 for K = {n_anchors}; it must be >= 1.")
   assignment = multi_sinkhorn(
       similarity, eps=eps, n_iters=n_iters,
-      required_properties=required_properties, discrete=True)
+      required_properties=required_properties, discrete=discrete)
   summed = jnp.sum(assignment[n_anchors - required_properties:], axis=0)
   lo = jnp.min(summed, axis=1, keepdims=True)
   span = jnp.max(summed, axis=1, keepdims=True) - lo

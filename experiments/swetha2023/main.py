@@ -3,36 +3,57 @@ r"""Swetha et al. (ICCV 2023): train EAO + Multi-SK with the SSPC loss.
   python -m experiments.swetha2023.main \
       --config=experiments/swetha2023/configs/synthetic.py --workdir=/tmp/swetha
 
-Configs: ``configs/synthetic.py`` (offline: random token features sharing a
-latent per sample), ``configs/howto100m.py`` (supplement Table 5 "Ours",
-MSR-VTT zero-shot; needs the HowTo100M features).
+Configs: ``configs/synthetic.py`` (offline: synthetic tri-modal token
+sequences, ``capsjax.data.synthetic_multimodal``), ``configs/howto100m.py``
+(supplement Tables 5-7 "Ours"), ``classification.py`` (Table 1),
+``msvd.py`` (Table 2), ``clip.py:<backbones>`` (Table 3),
+``text_video.py`` (Table 4), ``loss_coefficients.py:<row>`` (Table 5),
+``sspc_terms.py:<row>`` (Table 6), ``multi_sk.py:<approach>`` (Table 7); the
+real-data configs read features converted with ``python -m
+capsjax.data.multimodal convert``.
+
+Evaluation (every ``eval_every`` steps and at the end): per retrieval set
+``<dataset>``, zero-shot retrieval by cosine similarity, text to video
+(``<dataset>/t2v/...``), text to the fused video+audio embedding of EAO
+(``t2va``) and the reverse directions (``v2t``, ``va2t``), R@1/5/10 as
+fractions, MedR and MeanR 1-based; per classification set, the zero-shot
+k-means + Hungarian accuracy of the mean of the L2-normalised video and
+audio embeddings (``<dataset>/accuracy``, suppl. Sec. 1.1). The final
+summary line prints them all.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from capsjax import evaluation
 from capsjax import train as T
-from capsjax.data import digits
+from capsjax.data import multimodal, pipeline
+from capsjax.data.synthetic_multimodal import SyntheticTriModal
 from capsjax.models import swetha2023 as S
 from capsjax.train import entrypoint, optim
+from experiments import _multimodal
 
 FIELDS = entrypoint.Fields(
     required=(
         "model.text_dim", "model.video_dim", "model.audio_dim",
         "model.embed_dim", "model.projection_dim", "model.depth",
         "model.num_heads", "model.n_anchors", "loss.lambda_nce",
-        "loss.lambda_sspc", "loss.temperature", "loss.sspc_temperature",
-        "loss.sk_eps", "loss.sk_iters", "loss.required_fraction",
-        "loss.queue_len", "data.name", "data.batch_size",
+        "loss.lambda_sspc", "loss.cross_modal_weight",
+        "loss.modality_specific_weight", "loss.temperature",
+        "loss.sspc_temperature", "loss.sk_eps", "loss.sk_iters",
+        "loss.sk_discrete", "loss.required_fraction", "loss.queue_len",
+        "data.name", "data.modalities", "data.batch_size",
         "data.steps_per_epoch", "optimiser.learning_rate",
-        "schedule.decay_rate", "eval.num_examples", "train.num_steps",
-        "train.seed", "train.log_every", "train.eval_every",
-        "train.checkpoint_every", "train.keep_checkpoints", "train.progress"),
-    optional=("data.dir", "data.num_examples", "data.latent_dim",
-              "data.noise", "data.n_tokens"))
+        "schedule.decay_rate", "eval.retrieval", "eval.classification",
+        "eval.batch_size", "train.num_steps", "train.seed", "train.log_every",
+        "train.eval_every", "train.checkpoint_every",
+        "train.keep_checkpoints", "train.progress"),
+    # Real-data rows name data.dir / data.split; the synthetic config names
+    # the generator's knobs and the number of clips per split.
+    optional=("data.dir", "data.split", "data.num_examples", "data.synthetic",
+              "eval.num_examples"))
 
 
 class QueueVar(nnx.Variable):
@@ -52,75 +73,142 @@ class WithQueue(nnx.Module):
                       b["audio"], b["audio_mask"])
 
 
-class SyntheticTokens:
-  """Random token sequences of text, video and audio sharing a latent.
+def loss_weights(modalities) -> tuple[dict[str, float], tuple]:
+  """The contrastive and SSPC weights restricted to ``modalities``.
 
-  Sample ``i`` draws ``z ~ N(0, I_k)`` and, per modality, a random number of
-  real tokens (>= 1; the rest padding); token ``t`` is
-  ``tanh(z A_m + 0.5 eps_t) + noise * eps'`` with fixed random ``A_m``.
+  Every pair or term that involves a modality not trained on gets weight 0
+  (Table 4's text-video model keeps t-v and the text/video SSPC terms).
   """
+  keep = set(modalities)
+  unknown = keep - set(S.MODALITIES)
+  if unknown or not {"text", "video"} <= keep:
+    raise ValueError(f"data.modalities must hold text and video, out of "
+                     f"{S.MODALITIES}; got {tuple(modalities)}.")
+  parts = {"tv": "tv", "ta": "ta", "va": "va", "t_va": "tva", "v_ta": "tva",
+           "a_tv": "tva"}
+  letters = {m[0] for m in keep}
+  contrastive = {k: (w if set(parts[k]) <= letters else 0.0)
+                 for k, w in S.AUTHORS_CONTRASTIVE_WEIGHTS.items()}
+  sspc = tuple(
+      tuple(w if S.MODALITIES[r % 3] in keep and S.MODALITIES[c] in keep
+            else 0.0 for c, w in enumerate(row))
+      for r, row in enumerate(S.AUTHORS_SSPC_WEIGHTS))
+  return contrastive, sspc
 
-  def __init__(self, dims, n_tokens: int, num_examples: int, *,
-               latent_dim: int, noise: float, split: int, seed: int = 0):
-    rng = np.random.default_rng((seed, 98))
-    self.proj = {m: rng.normal(size=(latent_dim, n)) / np.sqrt(latent_dim)
-                 for m, n in dims.items()}
-    self.t, self.n, self.k, self.noise = n_tokens, num_examples, latent_dim, noise
-    self.split, self.seed = split, seed
 
-  def __len__(self) -> int:
-    return self.n
+def _record_transform(config, parts):
+  """Per-record: EAO's token normalisation, and empty audio when absent."""
+  modalities = tuple(config.data.modalities)
+  audio_dim = config.model.audio_dim
 
-  def __getitem__(self, i):
-    rng = np.random.default_rng((self.seed, self.split, int(i)))
-    z = rng.normal(size=self.k)
-    out = {}
-    for m, a in self.proj.items():
-      h = z @ a + 0.5 * rng.normal(size=(self.t, a.shape[1]))
-      x = np.tanh(h) + self.noise * rng.normal(size=h.shape)
-      mask = np.arange(self.t) < rng.integers(1, self.t + 1)
-      out[m] = (x * mask[:, None]).astype(np.float32)
-      out[m + "_mask"] = mask
+  def transform(record):
+    if parts:
+      record = multimodal.normalize_record(record, parts=parts)
+    out = dict(record)
+    if "audio" not in modalities:
+      # The model takes three modalities; an all-masked audio sequence is
+      # skipped by every loss term whose weight is not already 0.
+      out["audio"] = np.zeros((1, audio_dim), np.float32)
+      out["audio_mask"] = np.zeros((1,), bool)
     return out
 
+  return transform
 
-def metric_fn(model, batch):
-  """Text-to-video retrieval over the batch (the whole eval set)."""
+
+def _sources(config):
+  """``(train source, {eval name: source}, record transform)``."""
+  d, m = config.data, config.model
+  dims = {"text": m.text_dim, "video": m.video_dim, "audio": m.audio_dim}
+  fields = {"text": "model.text_dim", "video": "model.video_dim",
+            "audio": "model.audio_dim"}
+  modalities = tuple(d.modalities)
+  eval_names = (*config.eval.retrieval, *config.eval.classification)
+  if d.name == "synthetic":
+    knobs = dict(d.synthetic)
+    synth_dims = {k: dims[k] for k in modalities}
+    lens = {k: {mm: knobs[k][mm] for mm in modalities}
+            for k in ("min_lens", "max_lens")}
+    knobs.update(lens)
+    train = SyntheticTriModal("train", num_examples=d.num_examples,
+                              dims=synth_dims, **knobs)
+    evals = {}
+    for name in eval_names:
+      dataset, split = name.split("/")
+      if dataset != "synthetic":
+        raise ValueError(f"the synthetic config evaluates on "
+                         f"'synthetic/<split>', got {name!r}.")
+      evals[name] = SyntheticTriModal(
+          split, num_examples=config.eval.num_examples, dims=synth_dims,
+          **knobs)
+    return train, evals, _record_transform(config, None)
+  train_name = f"{d.name}/{d.split}"
+  opened = _multimodal.open_feature_splits(
+      d.dir, list(dict.fromkeys([train_name, *eval_names])), dataset=d.name,
+      modalities=modalities)
+  for source in opened.values():
+    _multimodal.check_dims(source, {k: (dims[k], fields[k])
+                                    for k in modalities})
+  for name in config.eval.classification:
+    if opened[name].labels is None:
+      raise ValueError(f"{opened[name].directory}: eval.classification needs "
+                       "class labels (convert with --label_key).")
+  # EAO normalises each video token's 2D and 3D parts.
+  parts = {"video": opened[train_name].parts["video"]}
+  evals = {name: opened[name] for name in eval_names}
+  return opened[train_name], evals, _record_transform(config, parts)
+
+
+def embed_fn(model, batch):
+  """Joint-space embeddings (and labels, when present) of a global batch."""
   out = model(batch)
-  v = out.video / jnp.linalg.norm(out.video, axis=-1, keepdims=True)
-  t = out.text / jnp.linalg.norm(out.text, axis=-1, keepdims=True)
-  sim = t @ v.T
-  rank = jnp.sum(sim > jnp.diag(sim)[:, None], axis=1)
-  n = jnp.asarray(sim.shape[0], jnp.float32)
-  # MedR/MeanR exact only because the eval set is one batch.
-  return {"R@1": jnp.sum(rank < 1), "R@5": jnp.sum(rank < 5),
-          "R@10": jnp.sum(rank < 10), "MedR": jnp.median(rank + 1.0) * n,
-          "MeanR": jnp.sum(rank + 1.0), "count": n}
+  emb = {"text": out.text, "video": out.video, "audio": out.audio}
+  if out.video_audio is not None:
+    emb["video_audio"] = out.video_audio
+  if "label" in batch:
+    emb["label"] = batch["label"]
+  return emb
+
+
+def evaluate_set(embeddings, name: str, *, task: str, modalities,
+                 num_queries: int | None = None, seed: int = 0):
+  """The numbers of one evaluation set (``task``: retrieval/classification)."""
+  dataset = name.split("/")[0]
+  if task == "classification":
+    # Suppl. Sec. 1.1: "we average the representations from video and audio".
+    parts = [embeddings["video"]] + (
+        [embeddings["audio"]] if "audio" in modalities else [])
+    features = evaluation.fuse_embeddings(parts)
+    return {f"{dataset}/accuracy": evaluation.zero_shot_cluster_accuracy(
+        features, embeddings["label"], seed=seed)}
+  text = embeddings["text"]
+  out = _multimodal.retrieval_numbers(f"{dataset}/t2v", text,
+                                      embeddings["video"],
+                                      num_queries=num_queries)
+  if "audio" in modalities and "video_audio" in embeddings:
+    out.update(_multimodal.retrieval_numbers(
+        f"{dataset}/t2va", text, embeddings["video_audio"],
+        num_queries=num_queries))
+  return out
 
 
 def run(config, workdir: str) -> T.TrainResult:
   """Trains ``config`` in ``workdir`` and returns the loop's result."""
   entrypoint.check_config(config, FIELDS, reader=__name__)
-  d, m, c = config.data, config.model, config.loss
-  if d.name != "synthetic":
-    entrypoint.require_dataset(
-        d.name, d.get("dir", ""),
-        [("HowTo100M token features (text: word2vec 300-d per word; video: "
-          "ResNet-152 + ResNeXt-101 4096-d per clip; audio: DAVEnet-v2 "
-          "tokens), as prepared for Everything-At-Once"),
-         "MSR-VTT test features (same extractors)"])
-  dims = {"text": m.text_dim, "video": m.video_dim, "audio": m.audio_dim}
-  mk = {"latent_dim": d.latent_dim, "noise": d.noise,
-        "seed": config.train.seed}
-  train_src = SyntheticTokens(dims, d.n_tokens, d.num_examples, split=0, **mk)
-  eval_src = SyntheticTokens(dims, d.n_tokens, config.eval.num_examples,
-                             split=1, **mk)
-  records = [eval_src[i] for i in range(len(eval_src))]
-  eval_batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
+  m, c = config.model, config.loss
+  modalities = tuple(config.data.modalities)
+  contrastive_weights, sspc_weights = loss_weights(modalities)
+  train_src, eval_srcs, transform = _sources(config)
   mesh = T.make_mesh()
-  train_iter = digits.batched_iterator(train_src, d.batch_size,
-                                       seed=config.train.seed)
-  tx, lr = optim.swetha_optimizer(d.steps_per_epoch,
+
+  def train_record(r):
+    out = transform(r)
+    out.pop("label", None)
+    return out
+
+  train_iter = pipeline.batched_iterator(train_src, config.data.batch_size,
+                                         seed=config.train.seed,
+                                         transform=train_record)
+  tx, lr = optim.swetha_optimizer(config.data.steps_per_epoch,
                                   learning_rate=config.optimiser.learning_rate,
                                   decay_rate=config.schedule.decay_rate)
 
@@ -136,16 +224,39 @@ def run(config, workdir: str) -> T.TrainResult:
     del rng
     out = S.swetha2023_loss(
         model(batch), model.queue.get_value(), lambda_nce=c.lambda_nce,
-        lambda_sspc=c.lambda_sspc, temperature=c.temperature,
-        sspc_temperature=c.sspc_temperature, sk_eps=c.sk_eps,
-        sk_iters=c.sk_iters, required_fraction=c.required_fraction)
+        lambda_sspc=c.lambda_sspc, cross_modal_weight=c.cross_modal_weight,
+        modality_specific_weight=c.modality_specific_weight,
+        contrastive_weights=contrastive_weights, sspc_weights=sspc_weights,
+        temperature=c.temperature, sspc_temperature=c.sspc_temperature,
+        sk_eps=c.sk_eps, sk_iters=c.sk_iters,
+        required_fraction=c.required_fraction, sk_discrete=c.sk_discrete)
     model.queue.set_value(out.queue)
     return out.loss, {k: out.metrics[k] for k in
                       ("contrastive", "sspc", "sspc_active")}
 
   graphs, _, _ = T.split_model(nnx.eval_shape(lambda: model(nnx.Rngs(0))))
-  evaluate = T.make_evaluator(graphs.eval, metric_fn, lambda: [eval_batch],
-                              mesh)
+  embed = _multimodal.make_embedder(graphs.eval, embed_fn, mesh)
+  tasks = {}  # eval set -> its tasks (a set may serve both)
+  for task, names in (("retrieval", config.eval.retrieval),
+                      ("classification", config.eval.classification)):
+    for name in names:
+      tasks.setdefault(name, []).append(task)
+  eval_batches = {
+      name: _multimodal.padded_eval_batches(src, config.eval.batch_size,
+                                            transform)
+      for name, src in eval_srcs.items()}
+
+  def evaluate(state):
+    out = {}
+    for name, batches in eval_batches.items():
+      embeddings = embed(state, batches())
+      for task in tasks[name]:
+        out.update(evaluate_set(
+            embeddings, name, task=task, modalities=modalities,
+            seed=config.train.seed,
+            num_queries=getattr(eval_srcs[name], "num_queries", None)))
+    return out
+
   return T.train(config.train, model, loss_fn, tx, train_iter, evaluate,
                  workdir, mesh=mesh, learning_rate_fn=lr)
 

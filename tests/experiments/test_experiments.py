@@ -32,14 +32,22 @@ TINY = {
                           "model.n_sinkhorn_iters": 2, "data.image_size": 8,
                           "data.batch_size": 8}),
     "duarte2021": ("synthetic", {"model.n_caps": 4, "model.d1": 4, "model.d2": 4,
-                                 "model.d_embed": 8, "data.num_examples": 64,
-                                 "data.batch_size": 16, "eval.num_examples": 32}),
+                                 "model.d_embed": 8, "model.d_hidden": 8,
+                                 "data.num_examples": 64,
+                                 "data.batch_size": 16, "eval.num_examples": 32,
+                                 "eval.batch_size": 32}),
     "swetha2023": ("synthetic", {"model.embed_dim": 8, "model.projection_dim": 8,
                                  "model.num_heads": 2, "model.n_anchors": 4,
                                  "loss.queue_len": 16, "loss.sk_iters": 3,
-                                 "data.num_examples": 64, "data.n_tokens": 3,
+                                 "data.num_examples": 64,
+                                 "data.synthetic.max_lens.video": 3,
+                                 "data.synthetic.max_lens.audio": 3,
+                                 "data.synthetic.max_lens.text": 3,
+                                 "data.synthetic.min_lens.video": 1,
+                                 "data.synthetic.min_lens.audio": 1,
+                                 "data.synthetic.min_lens.text": 1,
                                  "data.batch_size": 8, "data.steps_per_epoch": 8,
-                                 "eval.num_examples": 16}),
+                                 "eval.num_examples": 16, "eval.batch_size": 16}),
 }
 LOOP = {"train.num_steps": 2, "train.log_every": 1, "train.eval_every": 0,
         "train.checkpoint_every": 2, "train.progress": False}
@@ -57,8 +65,11 @@ def _tiny(paper: str) -> ml_collections.ConfigDict:
   name, overrides = TINY[paper]
   config = _config(paper, name)
   for path, value in {**overrides, **LOOP}.items():
-    group, field = path.split(".")
-    config[group][field] = value
+    *groups, field = path.split(".")
+    node = config
+    for group in groups:
+      node = node[group]
+    node[field] = value
   return config
 
 
@@ -111,7 +122,8 @@ def test_offline_config_runs_end_to_end(paper, tmp_path):
   assert [r["step"] for r in train] == [1, 2]
   assert all(r["loss"] == r["loss"] for r in train)  # finite, not NaN
   assert [r["step"] for r in records if r["split"] == "eval"] == [2]
-  metric = "accuracy" if paper in ("heinsen2019", "tsai2020", "li2018") else "R@1"
+  metric = ("accuracy" if paper in ("heinsen2019", "tsai2020", "li2018")
+            else "synthetic/t2v/R@1")
   assert 0.0 <= result.eval_metrics[metric] <= 1.0
 
 

@@ -58,11 +58,12 @@ def multi_sinkhorn_ref(scores, eps, n_iters, required_properties, discrete=True,
   return a / a.sum(axis=2, keepdims=True)
 
 
-def multi_sk_assignment_ref(similarity, eps, n_iters, required_fraction):
+def multi_sk_assignment_ref(similarity, eps, n_iters, required_fraction,
+                            discrete=True):
   """``[B, K]`` official ``calculate_sk`` (constant rows give 0)."""
   n_anchors = np.shape(similarity)[1]
   rp = int(n_anchors * required_fraction)
-  a = multi_sinkhorn_ref(similarity, eps, n_iters, rp, discrete=True)
+  a = multi_sinkhorn_ref(similarity, eps, n_iters, rp, discrete=discrete)
   summed = a[n_anchors - rp:].sum(axis=0)
   lo = summed.min(axis=1, keepdims=True)
   hi = summed.max(axis=1, keepdims=True)

@@ -167,6 +167,16 @@ def test_assignment_matches_reference():
   np.testing.assert_allclose(np.max(out, axis=1), 1.0, atol=1e-6)
 
 
+def test_assignment_approach2_matches_reference():
+  # Suppl. Table 7's "Approach 2": the graded channel weights.
+  s = _scores(seed=8)
+  out = _assign(s, eps=0.07, n_iters=20, required_fraction=0.5, discrete=False)
+  assert_rel_close(out, ref.multi_sk_assignment_ref(s, 0.07, 20, 0.5,
+                                                    discrete=False))
+  assert not np.allclose(out, _assign(s, eps=0.07, n_iters=20,
+                                      required_fraction=0.5))
+
+
 def test_assignment_constant_rows_give_zero():
   # Equal scores everywhere (and a single anchor) make every row constant,
   # where the official min-max normalisation divides 0 by 0.

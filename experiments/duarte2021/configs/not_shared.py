@@ -1,14 +1,18 @@
-r"""Table 6, "Not Shared": routing layer and ``f_out`` per modality; text-to-video
-retrieval YouCook2 R@1 16.8, R@5 35.4, R@10 44.6, MedR 15; MSR-VTT R@1 9.5,
-R@5 22.8, R@10 30.3, MedR 30.5 ("Shared": 19.3 / 9.6 R@1).
+r"""Table 6, "Not Shared": routing layer and ``f_out`` per modality.
 
   python -m experiments.duarte2021.main \
       --config=experiments/duarte2021/configs/not_shared.py \
       --config.data.dir=/path/to/features --workdir=/tmp/duarte_not_shared
 
-Needs the HowTo100M features (no reader yet: the run stops with an error
-naming them). Training as ``configs/howto100m.py`` (Sec. 4.1: 4 V100 GPUs,
-20 epochs, batch 4096; time not stated).
+The paper's text-to-video(+audio) retrieval, R@1 / R@5 / R@10 / MedR (eval
+keys ``<dataset>/t2va/...``):
+
+  Not Shared  YouCook2 16.8 / 35.4 / 44.6 / 15   MSR-VTT 9.5 / 22.8 / 30.3 / 30.5
+  Shared      YouCook2 19.3 / 37.8 / 47.3 / 13   MSR-VTT 9.6 / 22.6 / 32.0 / 32
+              (configs/howto100m.py)
+
+Needs the converted features in ``data.dir`` (else the run stops naming
+them). Training as configs/howto100m.py (4 V100 GPUs, 20 epochs, batch 4096).
 """
 
 import ml_collections

@@ -5,8 +5,8 @@ routing algorithm, selected by the config argument.
       --config=experiments/duarte2021/configs/routing.py:dynamic \
       --config.data.dir=/path/to/features --workdir=/tmp/duarte_routing_dynamic
 
-Text-to-video retrieval the paper reports (YouCook2 R@1 / R@10; MSR-VTT R@1 /
-R@10; memory; time per batch):
+Text-to-video(+audio) retrieval the paper reports (YouCook2 R@1 / R@10;
+MSR-VTT R@1 / R@10; memory; time per batch on its V100s):
 
   none              15.3 / 41.9   7.6 / 30.1   9.12 GB   0.687 s
   dynamic           17.0 / 44.3   8.2 / 31.1  20.50 GB   1.534 s
@@ -14,9 +14,11 @@ R@10; memory; time per batch):
   set_transformer   16.5 / 40.0   8.4 / 30.0   9.11 GB   0.707 s
   self_attention    18.6 / 44.0   8.7 / 31.6   9.11 GB   0.722 s  (ours)
 
-Needs the HowTo100M features (no reader yet: the run stops with an error
-naming them). Training as configs/howto100m.py (Sec. 4.1: 4 V100 GPUs,
-20 epochs, batch 4096; time not stated).
+Compare with the eval keys ``<dataset>/t2va/R@1`` and ``.../R@10``. Needs
+the converted features in ``data.dir`` (else the run stops naming them).
+Training as configs/howto100m.py (4 V100 GPUs, 20 epochs, batch 4096); the
+paper notes that every routing needed some learning-rate tuning, which it
+does not report, so the rows use the default 1e-3.
 """
 
 import ml_collections

@@ -1,15 +1,24 @@
-r"""Supplement Table 5, "Ours" (lambda_nce = lambda_sspc = 1): EAO + Multi-SK
-trained on HowTo100M, zero-shot text-to-video retrieval on MSR-VTT:
-R@5 25.1, R@10 34.5, MedR 26, MeanR 91.8.
+r"""The paper's model: EAO + Multi-SK anchors with the SSPC loss, trained on
+HowTo100M, evaluated zero-shot on MSR-VTT and YouCook2.
 
   python -m experiments.swetha2023.main \
       --config=experiments/swetha2023/configs/howto100m.py \
       --config.data.dir=/path/to/features --workdir=/tmp/swetha_ht100m
 
-Needs the pre-extracted HowTo100M and MSR-VTT token features in
-``data.dir``; capsjax has no reader for them yet, so the run stops with an
-error naming them (use ``configs/synthetic.py`` offline). Hardware and time
-are not stated in the supplement (EAO-sized model: multi-GPU, days).
+One training run gives these rows of the supplement ("Ours", R152+RX101
+video, word2vec text; eval keys ``<dataset>/t2va/...``, text to the fused
+video+audio embedding as in EAO):
+
+  Table 5 (lambda_nce = lambda_sspc = 1), MSR-VTT:
+      R@5 25.1, R@10 34.5, MedR 26, MeanR 91.8
+  Table 6 (CM = MS = 1): MSR-VTT R@10 34.5, YouCook2 R@10 50.1
+  Table 7 "Approach 1 (Ours)", MSR-VTT: R@5 25.1, R@10 34.5, MedR 26, MeanR 91.8
+
+``data.dir`` holds the features in capsjax's on-disk format
+(``capsjax.data.multimodal``; the README's "Reproducing" section gives the
+convert command): ``howto100m/train``, ``msrvtt/test``, ``youcook2/val``.
+Without them the run stops with one error naming what to obtain. Hardware
+and time are not stated in the supplement (EAO-sized model: multi-GPU, days).
 """
 
 import ml_collections
@@ -20,30 +29,36 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- model (EAO architecture, as the supplement builds on it) ----------------
   c.model = ml_collections.ConfigDict()
-  c.model.text_dim = 300        # word2vec
-  c.model.video_dim = 4096      # ResNet-152 + ResNeXt-101
-  c.model.audio_dim = 4096      # DAVEnet-v2 tokens
+  c.model.text_dim = 300        # word2vec (suppl. Sec. 5)
+  c.model.video_dim = 4096      # ResNet-152 + ResNeXt-101 (suppl. Sec. 5)
+  c.model.audio_dim = 4096      # DAVEnet-v2 tokens (suppl. Sec. 5: 4096-d)
   c.model.embed_dim = 4096      # EAO fusion width
   c.model.projection_dim = 6144  # EAO joint space
   c.model.depth = 1             # EAO: one fusion block
   c.model.num_heads = 64        # EAO
   c.model.n_anchors = 64        # authors' code: anchors per modality
 
-  # --- loss (Sec. 3.3 of the main text; supplement Tables 5, 6) ----------------
+  # --- loss (Sec. 3.3 of the main text; supplement Tables 5-7) -----------------
   c.loss = ml_collections.ConfigDict()
   c.loss.lambda_nce = 1.0       # Table 5: equal weights are best
   c.loss.lambda_sspc = 1.0      # Table 5
+  c.loss.cross_modal_weight = 1.0        # Table 6 "CM"
+  c.loss.modality_specific_weight = 1.0  # Table 6 "MS"
   c.loss.temperature = 0.05     # NormSoftmax temperature (EAO)
   c.loss.sspc_temperature = 0.1  # authors' code
   c.loss.sk_eps = 0.07          # Multi-SK entropic weight (authors' code)
   c.loss.sk_iters = 20          # Multi-SK iterations (authors' code)
+  c.loss.sk_discrete = True     # Table 7: Approach 1 (damped channels)
   c.loss.required_fraction = 0.5  # authors' code
   c.loss.queue_len = 5500       # authors' code: SSPC queue length
 
   # --- data ----------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.name = "howto100m"
-  c.data.dir = ""
+  c.data.dir = ""               # root of the converted feature directories
+  c.data.split = "train"
+  # Modalities trained on; ("text", "video") is Table 4's text-video model.
+  c.data.modalities = ("text", "video", "audio")
   c.data.batch_size = 224       # not in the supplement; set to fit memory
   c.data.steps_per_epoch = 1_200_000 // 224  # an epoch = 1.2M samples
 
@@ -58,7 +73,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- eval ----------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_examples = 1000    # MSR-VTT 1k-A test split
+  # "dataset/split" directories under data.dir: zero-shot retrieval (MSR-VTT
+  # 1k-A test, YouCook2 val) and zero-shot classification by k-means +
+  # Hungarian matching (suppl. Sec. 1.1; none for this row).
+  c.eval.retrieval = ("msrvtt/test", "youcook2/val")
+  c.eval.classification = ()
+  c.eval.batch_size = 256       # embedding batch; does not change the metrics
 
   # --- loop ------------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
