@@ -137,9 +137,11 @@ def open_feature_splits(
         ("    python -m capsjax.data.multimodal convert --input=FILE.pkl "
          "--output=DATA_DIR/<dataset>/<split> "
          "--word_vectors=GoogleNews-vectors-negative300.bin"),
-        ("  (HowTo100M training clips have no converter: write them with "
-         "capsjax.data.multimodal.FeatureClipWriter; see the experiment's "
-         "README, \"Reproducing\")."),
+        ("  HowTo100M training clips come from the per-video release: "
+         "python -m capsjax.data.multimodal convert_howto100m --csv=... "
+         "--captions=... --features_2d=... --audio=... --word_vectors=... "
+         "--output=DATA_DIR/howto100m/train (see the experiment's README, "
+         "\"Reproducing\")."),
         "  To try the experiment offline, use configs/synthetic.py."]
     raise DatasetUnavailableError("\n".join(lines))
   return {s: multimodal.FeatureClipSource(os.path.join(data_dir, s),

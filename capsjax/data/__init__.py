@@ -10,9 +10,11 @@
 - :mod:`capsjax.data.sst`, :mod:`capsjax.data.sst_embed`,
   :mod:`capsjax.data.embedded_text`: SST trees, the frozen-transformer
   embedding step and the sharded embeddings it writes (Heinsen).
-- :mod:`capsjax.data.multimodal`, :mod:`capsjax.data.synthetic_multimodal`:
-  per-clip video/audio/text features on disk (with converters from the
-  public releases) and synthetic tri-modal clips (Duarte et al., Swetha et al.).
+- :mod:`capsjax.data.multimodal` (import it directly; it is also the
+  ``python -m capsjax.data.multimodal`` converter), and
+  :mod:`capsjax.data.synthetic_multimodal`: per-clip video/audio/text
+  features on disk, with converters from the public releases, and synthetic
+  tri-modal clips (Duarte et al., Swetha et al.).
 """
 
 from capsjax.data.digits import (
@@ -37,14 +39,6 @@ from capsjax.data.images import (
     tfds_source,
 )
 from capsjax.data.multimnist import DiverseMultiMNISTSource, diverse_multimnist
-from capsjax.data.multimodal import (
-    FeatureClipSource,
-    FeatureClipWriter,
-    ModalitySpec,
-    normalize_record,
-    pool_record,
-    write_feature_clips,
-)
 from capsjax.data.pipeline import eval_batches
 from capsjax.data.sst import SSTExample, sst_examples, task_labels
 from capsjax.data.synthetic_multimodal import SyntheticTriModal
@@ -56,9 +50,6 @@ __all__ = [
     "DigitsSource",
     "DiverseMultiMNISTSource",
     "EmbeddedTextSource",
-    "FeatureClipSource",
-    "FeatureClipWriter",
-    "ModalitySpec",
     "MultiDigitsRecipe",
     "MultiDigitsSource",
     "SSTExample",
@@ -70,14 +61,11 @@ __all__ = [
     "image_eval_batches",
     "image_iterator",
     "load_uci_digits",
-    "normalize_record",
     "num_examples",
-    "pool_record",
     "resize_images",
     "split_indices",
     "sst_examples",
     "steps_per_epoch",
     "task_labels",
     "tfds_source",
-    "write_feature_clips",
 ]

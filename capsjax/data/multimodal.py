@@ -462,7 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   See :func:`capsjax.data.multimodal_convert.main`.
   """
   from capsjax.data import multimodal_convert  # pylint: disable=g-import-not-at-top
-  return multimodal_convert.main(argv)
+  try:
+    return multimodal_convert.main(argv)
+  except (DatasetUnavailableError, FileNotFoundError, ValueError) as e:
+    # The user's to fix (a path or an argument): one message, no traceback.
+    print(f"error: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
