@@ -18,8 +18,9 @@ The EncapNet counts are recomputed here layer by layer from the architecture
 (Sec. 3.1, 3.2 and the official modules), independently of the model code.
 
 Most compiled runs use a narrow, two-module EncapNet (``_SMALL``: compile
-time, not run time, is what costs here); every constructor is also compiled
-and trained one step at full size (``test_full_size_train_step``).
+time, not run time, is what costs here); every constructor is traced at
+full size, and EncapNet-18 and ResNet-18 with feedback are trained one step
+at full size (``test_full_size_train_step``).
 """
 
 from __future__ import annotations
@@ -295,19 +296,21 @@ def test_bad_arguments_raise():
 
 
 # --------------------------------------------------------------------------
-# Every constructor at full size, compiled end to end (~1 min for all four
-# on 2 CPU cores, most of it compiling EncapNet-18).
+# EncapNet-18 and ResNet-18 with feedback at full size, compiled end to end
+# (~40 s on 2 CPU cores, most of it compiling EncapNet-18). The variants
+# without feedback only drop modules; they are traced at full size in
+# test_full_size_output_shapes, and plain ResNet-18 trains in
+# test_resnet_train_step.
 
 
-@pytest.mark.parametrize("make", [encapnet18, encapnet18_without_feedback, resnet18,
-                                  resnet18_with_feedback])
+@pytest.mark.parametrize("make", [encapnet18, resnet18_with_feedback])
 def test_full_size_train_step(make):
   model = make(rngs=nnx.Rngs(0))
   x, y = _images(8), _onehot(8)
-  if make in (encapnet18, encapnet18_without_feedback):
+  if make is encapnet18:
     (loss, (out, _)), grads = _encapnet_step(model, x, y)
   else:
     (loss, out), grads = _resnet_step(model, x, y)
   assert out.logits.shape == (B_SZ, N_CLASSES) and np.isfinite(float(loss))
-  assert (float(out.aux_loss) > 0) == (make in (encapnet18, resnet18_with_feedback))
+  assert float(out.aux_loss) > 0  # both carry feedback units
   _check_grads(grads)
