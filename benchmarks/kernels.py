@@ -37,7 +37,7 @@ import numpy as np
 import harness
 from capsjax import losses, ot, routing
 
-_ONLY = flags.DEFINE_string("only", "", "Run only the rows whose name matches this regex.")
+_ONLY = flags.DEFINE_string("only", "", "Run only the rows (with --scaling: the families) whose name matches this regex.")
 _BATCH_SCALE = flags.DEFINE_float(
     "batch_scale", 1.0, "Multiply every paper batch size by this (>= 1 sample).")
 _SCALING = flags.DEFINE_bool(
@@ -103,8 +103,8 @@ def _tsai_conv_case(name, hw, hw_out, stride, batch):
               make, batched=(0, 2), diff=(0, 1, 2))
 
 
-def _tsai_fc_case(batch):
-  n_inp, n_out, s = 800, 10, 4
+def _tsai_fc_case(batch, n_inp=800):
+  n_out, s = 10, 4
 
   def make(rng):
     return (_normal(rng, n_inp, s * s),
@@ -237,6 +237,15 @@ def _scaling_cases() -> list[tuple[str, int, Case]]:
                                 lambda rng, n=n: (_normal(rng, n, 10, 16, scale=0.05),),
                                 batched=(0,), diff=(0,)))
             for n in (1152, 2304, 4608, 9216)]
+  cases += [("em", n, Case(f"em_{n}", "", 16,
+                           lambda a, v, bu, ba: routing.em_routing(a, v, bu, ba, n_iters=3),
+                           lambda rng, n=n: (rng.uniform(size=n).astype(np.float32),
+                                             _normal(rng, n, 10, 16), _normal(rng, 10),
+                                             _normal(rng, 10)),
+                           batched=(0, 1), diff=(0, 1, 2, 3)))
+            for n in (1152, 2304, 4608, 9216)]
+  cases += [("tsai inverted attention (fc)", n, _tsai_fc_case(16, n_inp=n))
+            for n in (800, 1600, 3200, 6400)]
   return cases
 
 
@@ -244,6 +253,8 @@ def run_scaling(min_time: float, plot_path: str) -> None:
   """Time and peak memory of fwd+bwd as the number of input capsules doubles."""
   rows, series = [], {}
   for family, size, case in _scaling_cases():
+    if _ONLY.value and not re.search(_ONLY.value, family):
+      continue
     r = run_case(case, 1.0, min_time, copy_gbps=1.0)
     ms, mib = r[5], r[6]
     prev = series.get(family, [])[-1:] or [None]
