@@ -29,9 +29,10 @@ import optax
 from flax import nnx
 
 from capsjax import train as T
-from capsjax.data import digits, embedded_text, images, pipeline
+from capsjax.data import embedded_text, pipeline
 from capsjax.models import heinsen2019
 from capsjax.train import entrypoint, optim
+from experiments import _images
 
 _COMMON = (
     "model.n_iters", "data.name", "data.batch_size", "data.mixup_alpha",
@@ -121,32 +122,16 @@ def sst_metric_fn(model, batch):
 
 
 def _image_data(config):
-  """``(train_iter, eval_batches)`` of digits or a TFDS image dataset."""
-  d, seed = config.data, config.train.seed
-  if d.name == "digits":
-    train_src = digits.DigitsSource("train", image_size=d.image_size)
-    test_src = digits.DigitsSource("test", image_size=d.image_size)
-    train_iter = digits.batched_iterator(
-        train_src, d.batch_size, seed=seed,
-        transform=lambda r: (_stereo(r[0]), r[1]))
-    test_batches = entrypoint.padded_batches(
-        (_stereo(test_src.images), test_src.labels), config.eval.batch_size)
-    return train_iter, test_batches
-  shape = images.spec(d.name).shape
-  if shape[:2] != (d.image_size, d.image_size) or shape[2] != 2:
-    raise ValueError(
-        f"data.image_size is {d.image_size} with stereo pairs, but {d.name} "
-        f"images are {shape[0]}x{shape[1]}x{shape[2]}.")
-  data_dir = d.get("dir", "") or None
-  # The training split is opened first: a missing dataset stops the run
-  # here, before anything is written to the workdir. Training augmentation:
-  # images' smallNORB default, pad 16 + random 96x96 crop (Sec. 4.2).
-  train_iter = images.image_iterator(d.name, "train", data_dir=data_dir,
-                                     batch_size=d.batch_size, seed=seed,
-                                     train=True)
-  test_batches = images.image_eval_batches(
-      d.name, "test", data_dir=data_dir, batch_size=config.eval.batch_size)
-  return train_iter, test_batches
+  """``(train_iter, eval_batches)``: digits as stereo pairs, or smallNORB.
+
+  smallNORB trains with its default augmentation in ``capsjax.data.images``:
+  pad 16 + random 96x96 crop (Sec. 4.2).
+  """
+  data = _images.image_data(config, digits_images=_stereo)
+  if data.input_shape[2] != 2:
+    raise ValueError(f"{config.data.name} images have {data.input_shape[2]} "
+                     "channels; the smallNORB model takes stereo pairs (2).")
+  return data.train_iter, data.eval_batches
 
 
 def _sst_sources(config):

@@ -23,9 +23,10 @@ from flax import nnx
 
 from capsjax import losses
 from capsjax import train as T
-from capsjax.data import digits, images
+from capsjax.data import digits
 from capsjax.models import li2018
 from capsjax.train import entrypoint, optim
+from experiments import _images
 
 FIELDS = entrypoint.Fields(
     required=(
@@ -77,41 +78,15 @@ def metric_fn(model, batch):
           "count": jnp.sum(valid)}
 
 
-def _data(config):
-  """``(train_iter, eval_batches, n_train, in_features)`` of the config."""
-  d, seed = config.data, config.train.seed
-  if d.name == "digits":
-    train_src = digits.DigitsSource("train", image_size=d.image_size)
-    test_src = digits.DigitsSource("test", image_size=d.image_size)
-    train_iter = digits.batched_iterator(train_src, d.batch_size, seed=seed)
-    test_batches = entrypoint.padded_batches(
-        (test_src.images, test_src.labels), config.eval.batch_size)
-    return train_iter, test_batches, len(train_src), 1
-  spec = images.spec(d.name)
-  if spec.shape[0] != d.image_size:
-    raise ValueError(f"data.image_size is {d.image_size}, but {d.name} "
-                     f"images are {spec.shape[0]}x{spec.shape[1]}.")
-  data_dir = d.get("dir", "") or None
-  train_split = d.get("train_split", "train")
-  # Reading the training split first: a missing dataset stops the run here,
-  # before anything is written to the workdir.
-  train_iter = images.image_iterator(
-      d.name, train_split, data_dir=data_dir, batch_size=d.batch_size,
-      seed=seed, train=True, augment=d.augment)
-  n_train = images.num_examples(d.name, train_split, data_dir=data_dir)
-  test_batches = images.image_eval_batches(
-      d.name, d.get("test_split", "test"), data_dir=data_dir,
-      batch_size=config.eval.batch_size)
-  return train_iter, test_batches, n_train, spec.shape[2]
-
-
 def run(config, workdir: str) -> T.TrainResult:
   """Trains ``config`` in ``workdir`` and returns the loop's result."""
   entrypoint.check_config(config, FIELDS, reader=__name__)
   d, m, o, s = config.data, config.model, config.optimiser, config.schedule
   if m.arch not in ARCHS:
     raise ValueError(f"model.arch must be one of {ARCHS}, got {m.arch!r}.")
-  train_iter, test_batches, n_train, in_features = _data(config)
+  data = _images.image_data(config)
+  train_iter, test_batches, n_train = data.train_iter, data.eval_batches, data.num_train
+  in_features = data.input_shape[2]
   mesh = T.make_mesh()
   tx, lr = optim.li_optimizer(
       digits.steps_per_epoch(n_train, d.batch_size),

@@ -24,11 +24,12 @@ import optax
 from flax import nnx
 
 from capsjax import train as T
-from capsjax.data import digits, images, multimnist, pipeline
+from capsjax.data import digits, multimnist, pipeline
 from capsjax.evaluation import classification
 from capsjax.models import tsai2020
 from capsjax.nn.backbones import SimpleBackbone
 from capsjax.train import entrypoint, optim
+from experiments import _images
 
 FIELDS = entrypoint.Fields(
     required=(
@@ -101,28 +102,10 @@ def make_data(config) -> _Data:
   if d.name not in DATASETS:
     raise ValueError(f"config.data.name: got {d.name!r}, expected one of "
                      f"{list(DATASETS)}")
-  if d.name == "digits":
-    train_src = digits.DigitsSource("train", image_size=d.image_size)
-    test_src = digits.DigitsSource("test", image_size=d.image_size)
-    test = entrypoint.padded_batches((test_src.images, test_src.labels),
-                                     config.eval.batch_size)
-    return _Data(digits.batched_iterator(train_src, d.batch_size, seed=seed),
-                 lambda: test, len(train_src),
-                 (d.image_size, d.image_size, 1), digits.N_CLASSES)
-
-  if d.name in _IMAGES:
-    spec = images.spec(d.name)
-    if d.image_size != spec.shape[0]:
-      raise ValueError(f"config.data.image_size: {d.name} images are "
-                       f"{spec.shape[0]}x{spec.shape[1]}, got {d.image_size}.")
-    kw = {"data_dir": _data_dir(d)}
-    train_iter = images.image_iterator(d.name, "train", batch_size=d.batch_size,
-                                       seed=seed, train=True, **kw)
-    test = images.image_eval_batches(d.name, "test",
-                                     batch_size=config.eval.batch_size, **kw)
-    n_train = images.num_examples(d.name, "train", **kw)
-    return _Data(train_iter, lambda: test, n_train, spec.shape,
-                 spec.num_classes)
+  if d.name == "digits" or d.name in _IMAGES:
+    data = _images.image_data(config)
+    return _Data(data.train_iter, lambda: data.eval_batches, data.num_train,
+                 data.input_shape, data.num_classes)
 
   # Multilabel: overlapping digits, multi-hot targets.
   n_train, n_test = d.get("num_train_examples"), d.get("num_test_examples")
