@@ -25,6 +25,7 @@ from capsjax import evaluation
 from capsjax import train as T
 from capsjax.data import multimodal, pipeline
 from capsjax.data.errors import DatasetUnavailableError
+from capsjax.data.synthetic_multimodal import SyntheticTriModal
 
 _VALID = "__valid__"
 
@@ -99,6 +100,29 @@ def retrieval_numbers(prefix: str, queries: np.ndarray, targets: np.ndarray,
         s, num_queries=num_queries).items():
       out[f"{dataset}/{name}/{METRIC_NAMES[k]}"] = v
   return out
+
+
+def synthetic_splits(config, dims: Mapping[str, int], eval_names: Sequence[str],
+                     knobs: Mapping[str, Any]) -> tuple[SyntheticTriModal,
+                                                        dict[str, SyntheticTriModal]]:
+  """``(train, {eval name: source})`` of synthetic tri-modal clips.
+
+  Every eval name must be ``synthetic/<split>``; each eval split has
+  ``config.eval.num_examples`` clips, the training split
+  ``config.data.num_examples``; all share ``dims`` and the generator
+  ``knobs`` (``config.data.synthetic``).
+  """
+  train = SyntheticTriModal("train", num_examples=config.data.num_examples,
+                            dims=dict(dims), **knobs)
+  evals = {}
+  for name in eval_names:
+    dataset, split = name.split("/")
+    if dataset != "synthetic":
+      raise ValueError(f"the synthetic config evaluates on "
+                       f"'synthetic/<split>', got {name!r}.")
+    evals[name] = SyntheticTriModal(
+        split, num_examples=config.eval.num_examples, dims=dict(dims), **knobs)
+  return train, evals
 
 
 def open_feature_splits(

@@ -54,6 +54,7 @@ index)`` and the constructor arguments.
 
 from __future__ import annotations
 
+import inspect
 import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -68,6 +69,7 @@ __all__ = [
     "DEFAULT_MIN_LENS",
     "SyntheticTriModal",
     "TriModalLatent",
+    "default_knobs",
 ]
 
 DEFAULT_DIMS = {"video": 64, "audio": 32, "text": 24}
@@ -232,3 +234,18 @@ class SyntheticTriModal:
   def __repr__(self) -> str:
     return (f"SyntheticTriModal(split={self.split!r}, n={self.num_examples}, "
             f"dims={self.dims}, n_concepts={self.n_concepts})")
+
+
+def default_knobs() -> dict[str, object]:
+  """:class:`SyntheticTriModal`'s generator settings and their defaults.
+
+  Everything but the split, the size and the widths (``dims``): what an
+  experiment config stores as ``data.synthetic``, so configs start from the
+  generator's own defaults instead of copies of them.
+  """
+  params = inspect.signature(SyntheticTriModal.__init__).parameters
+  knobs = {name: p.default for name, p in params.items()
+           if p.kind is p.KEYWORD_ONLY and name not in ("num_examples", "dims")}
+  knobs["min_lens"] = dict(DEFAULT_MIN_LENS)
+  knobs["max_lens"] = dict(DEFAULT_MAX_LENS)
+  return knobs

@@ -29,7 +29,6 @@ from flax import nnx
 from capsjax import evaluation
 from capsjax import train as T
 from capsjax.data import multimodal, pipeline
-from capsjax.data.synthetic_multimodal import SyntheticTriModal
 from capsjax.models import duarte2021
 from capsjax.train import entrypoint, optim
 from experiments import _multimodal
@@ -80,17 +79,8 @@ def _sources(config):
   d = config.data
   dims = dict(config.model.input_dims)
   if d.name == "synthetic":
-    knobs = dict(d.synthetic)
-    train = SyntheticTriModal("train", num_examples=d.num_examples, dims=dims,
-                              **knobs)
-    evals = {}
-    for name in config.eval.retrieval:
-      dataset, split = name.split("/")
-      if dataset != "synthetic":
-        raise ValueError(f"eval.retrieval: the synthetic config evaluates on "
-                         f"'synthetic/<split>', got {name!r}.")
-      evals[name] = SyntheticTriModal(
-          split, num_examples=config.eval.num_examples, dims=dims, **knobs)
+    train, evals = _multimodal.synthetic_splits(
+        config, dims, config.eval.retrieval, dict(d.synthetic))
     return train, evals, multimodal.pool_record
   train_name = f"{d.name}/{d.split}"
   opened = _multimodal.open_feature_splits(

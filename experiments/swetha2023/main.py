@@ -30,7 +30,6 @@ from flax import nnx
 from capsjax import evaluation
 from capsjax import train as T
 from capsjax.data import multimodal, pipeline
-from capsjax.data.synthetic_multimodal import SyntheticTriModal
 from capsjax.models import swetha2023 as S
 from capsjax.train import entrypoint, optim
 from experiments import _multimodal
@@ -129,17 +128,8 @@ def _sources(config):
     lens = {k: {mm: knobs[k][mm] for mm in modalities}
             for k in ("min_lens", "max_lens")}
     knobs.update(lens)
-    train = SyntheticTriModal("train", num_examples=d.num_examples,
-                              dims=synth_dims, **knobs)
-    evals = {}
-    for name in eval_names:
-      dataset, split = name.split("/")
-      if dataset != "synthetic":
-        raise ValueError(f"the synthetic config evaluates on "
-                         f"'synthetic/<split>', got {name!r}.")
-      evals[name] = SyntheticTriModal(
-          split, num_examples=config.eval.num_examples, dims=synth_dims,
-          **knobs)
+    train, evals = _multimodal.synthetic_splits(config, synth_dims, eval_names,
+                                                knobs)
     return train, evals, _record_transform(config, None)
   train_name = f"{d.name}/{d.split}"
   opened = _multimodal.open_feature_splits(

@@ -384,3 +384,17 @@ def test_resume_and_host_sharding_through_batched_dataset(tmp_path):
           np.concatenate([hosts[0][g][k], hosts[1][g][k]]), one[g][k])
   labels = np.concatenate([one[g]["label"] for g in range(3)])
   np.testing.assert_array_equal(np.sort(labels), np.sort(src.labels))
+
+
+def test_default_knobs_are_the_generators_defaults():
+  """Configs store ``default_knobs()``: passing them must change nothing."""
+  from capsjax.data import synthetic_multimodal
+  knobs = synthetic_multimodal.default_knobs()
+  assert "num_examples" not in knobs and "dims" not in knobs
+  plain = synthetic_multimodal.SyntheticTriModal("test", num_examples=3)
+  explicit = synthetic_multimodal.SyntheticTriModal("test", num_examples=3, **knobs)
+  for i in range(3):
+    a, b = plain[i], explicit[i]
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])

@@ -20,6 +20,7 @@ and compares routings on a CPU in a few minutes (README, "Synthetic").
 
 import ml_collections
 
+from capsjax.data import synthetic_multimodal
 from experiments.duarte2021.configs import howto100m
 
 # Table 3's routings and Table 5's baselines on the synthetic data.
@@ -59,10 +60,8 @@ def get_config(variant: str = "self_attention") -> ml_collections.ConfigDict:
   # Clips are generated on the fly, so more cost nothing; 4,096 let the
   # baselines overfit (SyntheticTriModal docstring).
   c.data.num_examples = 32768
-  c.data.synthetic = ml_collections.ConfigDict({
-      "n_concepts": 10, "latent_dim": 16, "concept_spread": 1.0,
-      "distractor_dims": 8, "noise": 0.3, "observed_fraction": 0.7,
-      "distractor_tokens": 0.1, "seed": 0})
+  c.data.synthetic = ml_collections.ConfigDict(
+      synthetic_multimodal.default_knobs())
   c.data.batch_size = 128
 
   # --- eval ----------------------------------------------------------------------

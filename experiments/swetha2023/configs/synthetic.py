@@ -16,6 +16,7 @@ the experiment end to end on a CPU (README, "Synthetic").
 
 import ml_collections
 
+from capsjax.data import synthetic_multimodal
 from experiments.swetha2023.configs import howto100m
 
 
@@ -36,12 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   del c.data["dir"]
   del c.data["split"]
   c.data.num_examples = 2048
-  c.data.synthetic = ml_collections.ConfigDict({
-      "n_concepts": 10, "latent_dim": 16, "concept_spread": 1.0,
-      "distractor_dims": 8, "noise": 0.3, "observed_fraction": 0.7,
-      "distractor_tokens": 0.1, "seed": 0,
-      "min_lens": {"video": 4, "audio": 4, "text": 2},
-      "max_lens": {"video": 16, "audio": 24, "text": 12}})
+  c.data.synthetic = ml_collections.ConfigDict(
+      synthetic_multimodal.default_knobs())
   c.data.batch_size = 64
   c.data.steps_per_epoch = 2048 // 64
   c.optimiser.learning_rate = 1e-3
