@@ -22,34 +22,47 @@ from jax import custom_batching
 RENORM_EPS = 1e-10
 
 # Notation of the conv core: every (window offset o, input capsule i) routes
-# on its own, so a step is k*k independent blocks, one per offset (a scan).
-# In a block, poses are laid out so that the long axis (batch x output
-# positions x pose rows) is the M dimension of every matmul:
+# on its own, so a step is k*k independent blocks, one per offset. In a block,
+# poses are laid out so that the long axis (batch x output positions x pose
+# rows) is the M dimension of every matmul:
 #
 #   P  [m, q]     window poses, m = (n, r), q = (i, c); n = (batch, H', W')
 #   Q  [j, m, e]  poses of the layer above
-#   Wj [j, e, q]  and Wp [j, q, e]: the block's weights W[i, j, c, e]
-#   T  = Q Wj     [j, m, q]: T[j, n, r, i, c] = (Q_nj W_ij^T)[r, c]
-#   logits[j, n, i] = sum_{r, c} T * P / sqrt(r * e)        (Eq. (2))
+#   Wp [j, q, e]  the block's weights W[i, j, c, e]
+#   logits[j, n, i] = sum_{r, c, e} Q[j, n, r, e] W[i, j, c, e] P[n, r, i, c]
+#                     / sqrt(r * e)                          (Eq. (2))
 #   pose  [j, m, e] = (r[j, n, i] * P) @ Wp                  (Eq. (4))
 #
-# The votes P_i W_ij are never formed. T and r * P are votes-sized; each is
-# written once by one fused elementwise op and read once, and no votes-sized
-# tensor is transposed. XLA:CPU runs the contractions over 4 (T, the sum over
-# (r, c)) fastest as unrolled elementwise sums, the ones over 128 as matmuls.
+# The votes P_i W_ij are never formed. For poses up to 64 (r, c, e) terms
+# (4x4 matrices) the logits are one fused sum of r*c*e products per output,
+# [j, n, i], 1/16 of the votes (_agreement); larger poses go through the
+# votes-sized T = Q W^T (_times_weights). r * P is votes-sized, written once
+# by one fused elementwise op and read once by the matmul; no votes-sized
+# tensor is transposed.
+#
 # Under ``jax.vmap`` the batch would land between j and m and force
 # votes-sized transposes, so the core is a ``custom_vmap`` that folds any
 # mapped axis into n, inside a ``custom_vjp`` whose hand-written backward
-# pass keeps the same layouts and stores only the logits (1/16 of the votes
-# for 4x4 poses). The batch is processed in chunks of a few samples so that
-# one step's votes-sized tensors (~8 MiB) stay in cache.
+# pass keeps the same layouts and saves only the inputs: it recomputes the
+# logits, which costs less than storing them. The batch is processed in
+# chunks of a few samples so that one step's votes-sized tensors (~8 MiB)
+# stay in cache.
+#
+# XLA:CPU details that decide the speed here (each measured on the Tsai conv
+# shape; see benchmarks/tsai_conv.py): contractions over 4 run fastest as
+# unrolled elementwise sums, those over 128 as matmuls; a small transposed
+# operand read inside a votes-sized fusion is read strided (3-4x slower) unless
+# it crosses a loop boundary first, which makes XLA write it out; and a
+# fused sum placed next to a reduction may be split and its broadcast
+# operands written to memory. Hence the loops over offsets below.
 # ----------------------------------------------------------------------------
 
 
 def _route_probs(logits: jax.Array) -> jax.Array:
-  """Eq. (3) over the output capsules (axis 0), with the official renorm."""
-  r = jax.nn.softmax(logits, axis=0)
-  return r / (jnp.sum(r, axis=0, keepdims=True) + RENORM_EPS)
+  """Eq. (3) over the output capsules (axis -3 of ``[..., j, n, i]``), with
+  the official renorm."""
+  r = jax.nn.softmax(logits, axis=-3)
+  return r / (jnp.sum(r, axis=-3, keepdims=True) + RENORM_EPS)
 
 
 def _windows(x: jax.Array, k: int, stride: int, h_out: int,
@@ -77,13 +90,6 @@ def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int],
   """Matmul batched over axis 0, float32 accumulation for low compute dtypes."""
   return jax.lax.dot_general(
       a, b, (((contract[0],), (contract[1],)), ((0,), (0,))),
-      precision=geo.precision, preferred_element_type=_accum_dtype(a.dtype))
-
-
-def _dot_per_sample(a: jax.Array, b: jax.Array, geo: _ConvGeometry) -> jax.Array:
-  """``[j, B, t, e]^T [j, B, t, q]`` -> ``[j, B, e, q]``, contracting ``t``."""
-  return jax.lax.dot_general(
-      a, b, (((2,), (2,)), ((0, 1), (0, 1))),
       precision=geo.precision, preferred_element_type=_accum_dtype(a.dtype))
 
 
@@ -119,6 +125,59 @@ def _sum_rc(X: jax.Array, P5: jax.Array) -> jax.Array:
              for a in range(r) for b in range(c))
 
 
+# Up to this many (r, c, e) terms, the agreement sums of Eq. (2) and of its
+# backward pass are one fused elementwise sum over [j, n, i] (below) instead
+# of a votes-sized product T followed by a reduction: 4.6x faster on the Tsai
+# conv shape (4x4 poses, 64 terms), because nothing votes-sized is written.
+_MAX_AGREEMENT_TERMS = 64
+
+
+def _direct_agreement(geo: _ConvGeometry) -> bool:
+  return geo.rows * geo.cols_inp * geo.cols_out <= _MAX_AGREEMENT_TERMS
+
+
+def _agreement(At: jax.Array, Wt: jax.Array, Pt: jax.Array) -> jax.Array:
+  """``sum_{r, c, e} A[j, n, r, e] W[o, i, j, c, e] P[o, n, r, i, c]`` -> ``[o, j, n, i]``.
+
+  From operands in the layouts ``At [r, e, j, n]``, ``Wt [o, e, c, j, i]``,
+  ``Pt [o, r, c, n, i]`` (every slice contiguous along ``i``), summed in
+  float32 as ``sum_{r, e} A * (sum_c W * P)``: ``r * c * e`` multiply-adds
+  per output in one fusion, nothing votes-sized in memory. One offset per
+  step of a loop, on purpose: the loop makes XLA write the transposed
+  operands out (instead of reading them strided inside the sum), and keeps
+  the sum away from the softmax's reduction (next to it, XLA:CPU splits
+  the sum and writes its broadcast operands to memory); each was 3-4x
+  slower, measured on the Tsai conv shape.
+  """
+  acc = _accum_dtype(At.dtype)
+  At = At.astype(acc)
+  r, e = At.shape[:2]
+  c = Wt.shape[2]
+
+  def one_offset(wp):
+    wt, pt = (a.astype(acc) for a in wp)
+    return sum(At[a, t][:, :, None]
+               * sum(wt[t, b][:, None, :] * pt[a, b][None] for b in range(c))
+               for a in range(r) for t in range(e))
+  return jax.lax.map(one_offset, (Wt, Pt))
+
+
+def _agreement_operands(P: jax.Array, W: jax.Array, geo: _ConvGeometry,
+                        n_inp: int, n_out: int):
+  """``Pt [k*k, r, c, n, i]`` and ``Wt [k*k, e, c, j, i]`` for :func:`_agreement`."""
+  k2 = P.shape[0]
+  r, c, e = geo.rows, geo.cols_inp, geo.cols_out
+  Pt = P.reshape(k2, -1, r, n_inp, c).transpose(0, 2, 4, 1, 3)
+  Wt = W.reshape(k2, n_inp, n_out, c, e).transpose(0, 4, 3, 2, 1)
+  return Pt, Wt.astype(P.dtype)
+
+
+def _rows_first(A: jax.Array, geo: _ConvGeometry) -> jax.Array:
+  """``[j, (n r), e]`` -> ``[r, e, j, n]``."""
+  n_out = A.shape[0]
+  return A.reshape(n_out, -1, geo.rows, geo.cols_out).transpose(2, 3, 0, 1)
+
+
 def _conv_operands(x_inp, W, x_out, geo: _ConvGeometry):
   """Rearranges ``[B, H, W, i, d]``, the kernel and ``[B, H', W', j, d]``.
 
@@ -139,15 +198,17 @@ def _conv_operands(x_inp, W, x_out, geo: _ConvGeometry):
   return tuple(t.astype(cd) for t in (P, Q, Wj, Wp))
 
 
-def _block_probs(T: jax.Array, P: jax.Array, geo: _ConvGeometry, n_inp: int):
-  """Logits (float32) and routing probabilities ``[j, n, i]`` of one block."""
-  n_out = T.shape[0]
+def _block_agreement(A: jax.Array, P: jax.Array, Wj: jax.Array,
+                     geo: _ConvGeometry, n_inp: int) -> jax.Array:
+  """``sum_{r, c} (A Wj)[j, n, r, i, c] P[n, r, i, c]``, float32 ``[j, n, i]``.
+
+  One block through the votes-sized ``T = A Wj``: the path for poses with
+  more than ``_MAX_AGREEMENT_TERMS`` terms.
+  """
   r, c = geo.rows, geo.cols_inp
-  acc = _accum_dtype(T.dtype)
-  P5 = P.reshape(-1, r, n_inp, c).astype(acc)
-  logits = _sum_rc(T.reshape(n_out, -1, r, n_inp, c).astype(acc),
-                   P5) / np.sqrt(r * geo.cols_out).astype(acc)
-  return logits, _route_probs(logits)
+  acc = _accum_dtype(A.dtype)
+  T = _times_weights(A, Wj, geo).reshape(A.shape[0], -1, r, n_inp, c)
+  return _sum_rc(T.astype(acc), P.reshape(-1, r, n_inp, c).astype(acc))
 
 
 def _weighted(prob: jax.Array, P: jax.Array, n_inp: int,
@@ -159,41 +220,58 @@ def _weighted(prob: jax.Array, P: jax.Array, n_inp: int,
   return out.reshape(n_out, -1, n_inp * c)
 
 
-def _conv_core_fwd_chunk(x_inp, W, x_out, geo: _ConvGeometry, with_logits: bool):
-  """``sum_i r_ij v_ij`` ``[B, H', W', j, d_out]`` from ``[B, ...]`` inputs.
+def _all_logits(P, Q, Wj, W, geo: _ConvGeometry, n_inp: int):
+  """Every offset's routing logits (Eq. (2)), float32 ``[k*k, j, n, i]``."""
+  scale = np.sqrt(geo.rows * geo.cols_out).astype(_accum_dtype(Q.dtype))
+  if _direct_agreement(geo):
+    Pt, Wt = _agreement_operands(P, W, geo, n_inp, Q.shape[0])
+    return _agreement(_rows_first(Q, geo), Wt, Pt) / scale
+  return jax.lax.map(
+      lambda pw: _block_agreement(Q, pw[0], pw[1], geo, n_inp) / scale, (P, Wj))
 
-  With ``with_logits``, also every offset's logits ``[B, k*k, j, H', W', i]``
-  (float32), the backward pass's residual: 1/16 of the votes for 4x4 poses.
+
+def _d_probs(P, G, Wj, W, geo: _ConvGeometry, n_inp: int):
+  """``d loss / d r`` for every offset, float32 ``[k*k, j, n, i]``.
+
+  ``r`` enters the pose as ``sum_i r v``, so this is ``G . v``: the same
+  contraction as the logits, with the pose cotangent ``G`` in place of ``Q``.
   """
+  if _direct_agreement(geo):
+    Pt, Wt = _agreement_operands(P, W, geo, n_inp, G.shape[0])
+    return _agreement(_rows_first(G, geo), Wt, Pt)
+  return jax.lax.map(lambda pw: _block_agreement(G, pw[0], pw[1], geo, n_inp),
+                     (P, Wj))
+
+
+def _conv_core_fwd_chunk(x_inp, W, x_out, geo: _ConvGeometry):
+  """``sum_i r_ij v_ij`` ``[B, H', W', j, d_out]`` from ``[B, ...]`` inputs."""
   P, Q, Wj, Wp = _conv_operands(x_inp, W, x_out, geo)
   n_inp = x_inp.shape[3]
+  probs = _route_probs(_all_logits(P, Q, Wj, W, geo, n_inp))      # [o, j, n, i]
 
   def add_offset(acc, blk):
-    p, wj, wp = blk
-    logits, prob = _block_probs(_times_weights(Q, wj, geo), p, geo, n_inp)
-    acc = acc + _dot(_weighted(prob, p, n_inp, geo), wp, (2, 1), geo)
-    return acc, logits if with_logits else None
+    p, wp, prob = blk
+    weighted = _weighted(prob, p, n_inp, geo)                     # [j, m, q]
+    return acc + _dot(weighted, wp, (2, 1), geo), None
 
   acc = jnp.zeros(Q.shape, _accum_dtype(Q.dtype))
-  pose, logits = jax.lax.scan(add_offset, acc, (P, Wj, Wp))       # [j, (n r), e]
+  pose, _ = jax.lax.scan(add_offset, acc, (P, Wp, probs))        # [j, (n r), e]
   n_out, (n_batch, h_out, w_out) = Q.shape[0], x_out.shape[:3]
   pose = pose.reshape(n_out, n_batch, h_out, w_out, geo.rows, geo.cols_out)
   pose = pose.transpose(1, 2, 3, 0, 4, 5).reshape(x_out.shape)
-  pose = pose.astype(jnp.result_type(x_inp, W))
-  if not with_logits:
-    return pose
-  logits = logits.reshape(P.shape[0], n_out, n_batch, h_out, w_out, n_inp)
-  return pose, logits.transpose(2, 0, 1, 3, 4, 5)
+  return pose.astype(jnp.result_type(x_inp, W))
 
 
-def _conv_core_bwd_chunk(x_inp, W, x_out, logits, g, geo: _ConvGeometry):
-  """Gradients of ``sum(g * pose)`` for ``pose, logits = _conv_core_fwd(...)``.
+def _conv_core_bwd_chunk(x_inp, W, x_out, g, geo: _ConvGeometry):
+  """Gradients of ``sum(g * pose)`` for ``pose = _conv_core_fwd_chunk(...)``.
 
-  Per offset, from the stored logits: ``dRP = G Wj``, ``dr`` from ``dRP``
-  and the softmax's backward pass on the small ``[j, n, i]`` logits, then
-  ``dP`` as one matmul per input capsule, ``dQ += (dl P) @ Wp`` and ``dW =
-  G^T (r P) + Q^T (dl P)`` per sample: ``dW`` is ``[B, *W.shape]``, because
-  ``vmap`` of a gradient needs each sample's (the caller sums it).
+  Recomputes every offset's logits (cheaper than storing them) and ``dr =
+  G . v``, and runs the softmax's backward pass on these small ``[k*k, j, n,
+  i]`` arrays; then per offset: the votes' cotangent ``X = r G + dl Q``
+  (``[i, m, (j e)]``), ``dP = X W^T`` and ``dW = P^T X`` as matmuls per
+  input capsule, and ``dQ += (dl P) @ Wp``. ``dW`` is per sample, ``[B,
+  *W.shape]``, because ``vmap`` of a gradient needs each sample's (the
+  caller sums it).
   """
   P, Q, Wj, Wp = _conv_operands(x_inp, W, x_out, geo)
   n_inp, k2 = x_inp.shape[3], P.shape[0]
@@ -201,45 +279,52 @@ def _conv_core_bwd_chunk(x_inp, W, x_out, logits, g, geo: _ConvGeometry):
   G = g.reshape(-1, n_out, geo.rows, e).transpose(1, 0, 2, 3).reshape(n_out, m, e)
   G = G.astype(Q.dtype)
   n_batch, h_out, w_out = x_out.shape[:3]
-  per_sample = lambda a: a.reshape((a.shape[0], n_batch, -1) + a.shape[2:])
   r, c = geo.rows, geo.cols_inp
-  logits = logits.transpose(1, 2, 0, 3, 4, 5).reshape(k2, n_out, -1, n_inp)
+  logits = _all_logits(P, Q, Wj, W, geo, n_inp)                   # [o, j, n, i]
+  probs, probs_vjp = jax.vjp(_route_probs, logits)
+  d_logits = probs_vjp(_d_probs(P, G, Wj, W, geo, n_inp))[0]
+  d_logits = d_logits / np.sqrt(r * e).astype(d_logits.dtype)
+  # Also as [o, i, n, j] for X: passed into the loop, so written out once
+  # instead of read strided inside X's votes-sized fusion.
+  probs_t, d_logits_t = (a.transpose(0, 3, 2, 1) for a in (probs, d_logits))
   Wi = W.reshape(k2, n_inp, n_out, c, e).transpose(0, 1, 2, 4, 3)
   Wi = Wi.reshape(k2, n_inp, n_out * e, c).astype(Q.dtype)           # [o, i, (j e), c]
   Q4 = Q.reshape(n_out, -1, r, e).transpose(1, 2, 0, 3)              # [n, r, j, e]
   G4 = G.reshape(n_out, -1, r, e).transpose(1, 2, 0, 3)
 
   def offset_grads(dQ, blk):
-    p, wj, wp, wi, lg = blk
-    dRP = _times_weights(G, wj, geo)                               # [j, m, q]
-    prob, probs_vjp = jax.vjp(_route_probs, lg)
-    acc = lg.dtype
-    P5 = p.reshape(-1, r, n_inp, c).astype(acc)
-    d_prob = _sum_rc(dRP.reshape(n_out, -1, r, n_inp, c).astype(acc), P5)
-    d_logits = probs_vjp(d_prob)[0] / np.sqrt(r * e).astype(acc)
-    # dP = sum_j (r dRP + dl T) = sum_{j, e} (r G + dl Q)[i, n, r, j, e] W[i, j, c, e]:
-    # one matmul per input capsule with a contraction of j * e.
-    X = (prob.transpose(2, 1, 0)[:, :, None, :, None] * G4[None].astype(acc)
-         + d_logits.transpose(2, 1, 0)[:, :, None, :, None] * Q4[None].astype(acc))
-    dP = _dot(X.reshape(n_inp, m, n_out * e).astype(p.dtype), wi, (2, 1), geo)  # [i, m, c]
+    p, wp, wi, d_logit, prob_t, d_logit_t = blk
+    acc = prob_t.dtype
+    # The votes' cotangent X[i, n, r, j, e] = r G + dl Q (the votes v = P W
+    # enter the pose as r v and the logits as Q . v): dP = X W^T and dW =
+    # P^T X per input capsule (and per sample), each one matmul.
+    X = (prob_t[:, :, None, :, None] * G4[None].astype(acc)
+         + d_logit_t[:, :, None, :, None] * Q4[None].astype(acc))
+    # One [i, B, t, (j e)] layout (t = (H' W' r)) for both matmuls, so that
+    # XLA writes X once instead of once per consumer.
+    X = X.reshape(n_inp, n_batch, -1, n_out * e).astype(p.dtype)
+    wib = jnp.broadcast_to(wi[:, None], (n_inp, n_batch) + wi.shape[1:])
+    dP = jax.lax.dot_general(
+        X, wib, (((3,), (2,)), ((0, 1), (0, 1))), precision=geo.precision,
+        preferred_element_type=_accum_dtype(p.dtype))               # [i, B, t, c]
     dP = dP.reshape(n_inp, -1, r, c).transpose(1, 2, 0, 3)         # [n, r, i, c]
-    dT = _weighted(d_logits, p, n_inp, geo)                        # [j, m, q]
-    RP = _weighted(prob, p, n_inp, geo)
-    # G and Q as the left operands: XLA:CPU runs [e, t] @ [t, q] far faster
-    # than the [q, t] @ [t, e] order.
-    dW = (_dot_per_sample(per_sample(G), per_sample(RP), geo)
-          + _dot_per_sample(per_sample(Q), per_sample(dT), geo))   # [j, B, e, q]
+    Pi = p.reshape(n_batch, -1, n_inp, c).transpose(2, 0, 1, 3)    # [i, B, t, c]
+    dW = jax.lax.dot_general(
+        Pi, X, (((2,), (2,)), ((0, 1), (0, 1))), precision=geo.precision,
+        preferred_element_type=_accum_dtype(p.dtype))               # [i, B, c, (j e)]
+    dT = _weighted(d_logit, p, n_inp, geo)                         # [j, m, q]
     return dQ + _dot(dT, wp, (2, 1), geo), (dP.reshape(-1, n_inp * c), dW)
 
   dQ0 = jnp.zeros(Q.shape, _accum_dtype(Q.dtype))
-  dQ, (dP, dW) = jax.lax.scan(offset_grads, dQ0, (P, Wj, Wp, Wi, logits))
+  dQ, (dP, dW) = jax.lax.scan(offset_grads, dQ0,
+                              (P, Wp, Wi, d_logits, probs_t, d_logits_t))
   dx_out = dQ.reshape(n_out, n_batch, h_out, w_out, r, e).transpose(1, 2, 3, 0, 4, 5)
   dP = dP.reshape(k2, n_batch, h_out, w_out, r, n_inp, c).transpose(0, 1, 2, 3, 5, 4, 6)
   _, scatter = jax.vjp(lambda x: _windows(x, geo.k, geo.stride, h_out, w_out),
                        jnp.zeros(x_inp.shape, dP.dtype))
   dx_inp = scatter(dP.reshape(k2, n_batch, h_out, w_out, n_inp, r * c))[0]
-  dW = dW.reshape(geo.k, geo.k, n_out, n_batch, e, n_inp, c)
-  dW = dW.transpose(3, 0, 1, 5, 2, 6, 4)                           # [B, k, k, i, j, c, e]
+  dW = dW.reshape(geo.k, geo.k, n_inp, n_batch, c, n_out, e)
+  dW = dW.transpose(3, 0, 1, 2, 5, 4, 6)                           # [B, k, k, i, j, c, e]
   return (dx_inp.astype(x_inp.dtype),
           dW.reshape((n_batch,) + W.shape).astype(W.dtype),
           dx_out.reshape(x_out.shape).astype(x_out.dtype))
@@ -272,25 +357,25 @@ def _merge(a: jax.Array) -> jax.Array:
   return a.reshape((-1,) + a.shape[2:])
 
 
-def _conv_core_fwd(x_inp, W, x_out, geo: _ConvGeometry, with_logits: bool):
+def _conv_core_fwd(x_inp, W, x_out, geo: _ConvGeometry):
   """:func:`_conv_core_fwd_chunk` looped over cache-sized batch chunks."""
   n_chunks = _batch_chunks(x_inp, W, x_out, geo)
   if n_chunks == 1:
-    return _conv_core_fwd_chunk(x_inp, W, x_out, geo, with_logits)
+    return _conv_core_fwd_chunk(x_inp, W, x_out, geo)
   out = jax.lax.map(
-      lambda xs: _conv_core_fwd_chunk(xs[0], W, xs[1], geo, with_logits),
+      lambda xs: _conv_core_fwd_chunk(xs[0], W, xs[1], geo),
       (_split(x_inp, n_chunks), _split(x_out, n_chunks)))
-  return jax.tree.map(_merge, out)
+  return _merge(out)
 
 
-def _conv_core_bwd(x_inp, W, x_out, logits, g, geo: _ConvGeometry):
+def _conv_core_bwd(x_inp, W, x_out, g, geo: _ConvGeometry):
   """:func:`_conv_core_bwd_chunk` looped over cache-sized batch chunks."""
   n_chunks = _batch_chunks(x_inp, W, x_out, geo)
   if n_chunks == 1:
-    return _conv_core_bwd_chunk(x_inp, W, x_out, logits, g, geo)
+    return _conv_core_bwd_chunk(x_inp, W, x_out, g, geo)
 
   out = jax.lax.map(lambda xs: _conv_core_bwd_chunk(xs[0], W, *xs[1:], geo),
-                    tuple(_split(a, n_chunks) for a in (x_inp, x_out, logits, g)))
+                    tuple(_split(a, n_chunks) for a in (x_inp, x_out, g)))
   return jax.tree.map(_merge, out)
 
 
@@ -309,7 +394,7 @@ def _conv_core(geo: _ConvGeometry):
   program has the layouts of the unbatched one.
   """
   def vmappable(fn):
-    # fn(x_inp, W, x_out, *extra): activations, extra (residual logits,
+    # fn(x_inp, W, x_out, *extra): activations, extra (the backward pass's
     # cotangent) and every output are [B, ...] (dW per sample).
     core = custom_batching.custom_vmap(fn)
 
@@ -327,17 +412,16 @@ def _conv_core(geo: _ConvGeometry):
       return jax.tree.map(unflat, out), jax.tree.map(lambda _: True, out)
     return core
 
-  primal = vmappable(lambda x, w, xo: _conv_core_fwd(x, w, xo, geo, False))
-  fwd = vmappable(lambda x, w, xo: _conv_core_fwd(x, w, xo, geo, True))
-  bwd = vmappable(lambda x, w, xo, lg, g: _conv_core_bwd(x, w, xo, lg, g, geo))
+  primal = vmappable(lambda x, w, xo: _conv_core_fwd(x, w, xo, geo))
+  bwd = vmappable(lambda x, w, xo, g: _conv_core_bwd(x, w, xo, g, geo))
 
   @jax.custom_vjp
   def core(x_inp, W, x_out):
     return primal(x_inp, W, x_out)
 
   def core_fwd(x_inp, W, x_out):
-    pose, logits = fwd(x_inp, W, x_out)
-    return pose, (x_inp, W, x_out, logits)
+    # Only the inputs are saved: the backward pass recomputes the logits.
+    return primal(x_inp, W, x_out), (x_inp, W, x_out)
 
   def core_bwd(res, g):
     dx_inp, dW, dx_out = bwd(*res, g)

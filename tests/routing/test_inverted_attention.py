@@ -437,6 +437,35 @@ def test_conv_grads_match_finite_differences(matrix_pose):
   _assert_grads_close(ours, fd)
 
 
+# The conv core computes the routing logits and their cotangent either as one
+# fused sum over the pose terms (up to _MAX_AGREEMENT_TERMS = r * c * e terms,
+# e.g. 4x4 matrix poses) or through the votes-sized product T = Q W (larger
+# poses). Both paths against the reference, forward and gradients.
+@pytest.mark.parametrize("path", ["fused_sum", "through_T"])
+@pytest.mark.parametrize("poses", ["matrix", "vector", "large_vector"])
+def test_conv_agreement_paths_match_reference(monkeypatch, path, poses):
+  monkeypatch.setattr(conv_core, "_MAX_AGREEMENT_TERMS",
+                      10_000 if path == "fused_sum" else 0)
+  conv_core._conv_core.cache_clear()   # closures are cached per geometry
+  matrix_pose = poses == "matrix"
+  # large_vector: 1 * 9 * 8 = 72 terms, over the default limit of 64.
+  d_inp, d_out = (9, 8) if poses == "large_vector" else (3, 4)
+  case = conv_case(23, matrix_pose=matrix_pose, stride=2, H=4, W=5, k=2,
+                   n_inp=2, n_out=2, d_inp=d_inp, d_out=d_out, s=2)
+  fwd = jax.jit(lambda *a: inverted_attention_conv(
+      *a[:3], ln_scale=a[3], ln_bias=a[4], stride=2, matrix_pose=matrix_pose))
+  grad = jax.jit(jax.grad(lambda *a: jnp.sum(fwd(*a[:5]) * a[5]),
+                          argnums=(0, 1, 2, 3, 4)))
+  args = [case[a] for a in _ARGS]
+  out = fwd(*args)
+  ref_conv = functools.partial(ref.conv, stride=2, matrix_pose=matrix_pose)
+  assert_rel_close(out, ref_conv(**case), name="conv")
+  g = np.random.default_rng(24).standard_normal(out.shape)
+  _assert_grads_close(grad(*args, g.astype(np.float32)),
+                      _fd_grads(ref_conv, case, g))
+  conv_core._conv_core.cache_clear()
+
+
 def test_check_grads_float64():
   # Order 1 only: an order-2 check costs ~9 extra float64 compiles, and the
   # matrix-pose FC step is the conv step's per-window computation.
