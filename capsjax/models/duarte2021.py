@@ -17,6 +17,12 @@ Choices where the paper is silent (its code is not public):
   ``x̂_i``, as in Eq. (2), whose surrounding text says "secondary capsule
   layer's poses, x̂" (``pool="primary"`` weights the primary poses ``x_i``
   instead). This sets the size of ``f_out``: ``C * d2 * D`` weights.
+* ``h_Q, h_K, h_V`` (Sec. 3.1: "using two linear layers for all functions
+  h"): two linear layers each, ``d1 -> d2 -> d2``, no nonlinearity between
+  (the literal text; App. B: "linear projections"); ``qkv_layers=1`` (one
+  affine map) and ``qkv_activation="relu"`` are the other readings. On the
+  synthetic data neither reading makes the routing beat "no routing"
+  (``experiments/duarte2021/README.md``).
 * Initialisation: PyTorch defaults throughout (``torch.nn.Linear``:
   weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``; LayerNorm 1, 0).
 * Input sizes: video 4096 (ResNet-152 + ResNeXt-101 features, Sec. 4.1),
@@ -174,6 +180,9 @@ class MultimodalCapsuleNetwork(nnx.Module):
       d_hidden: int = 1024,
       dropout_rate: float = 0.1,
       n_iters: int = 3,
+      qkv_layers: int = 2,
+      qkv_hidden: int | None = None,
+      qkv_activation: str | None = None,
       dtype: Any = None,
       param_dtype: Any = jnp.float32,
       rngs: nnx.Rngs,
@@ -196,6 +205,12 @@ class MultimodalCapsuleNetwork(nnx.Module):
         Transformer routing (heads and rate are not in the paper: 4 and 0.1);
         ``d_hidden`` is also the MLP width of ``routing="none"``.
       n_iters: iterations of dynamic and EM routing.
+      qkv_layers, qkv_hidden, qkv_activation: the maps ``h_Q, h_K, h_V`` of
+        the self-attention routing (:class:`SelfAttentionRoutingLayer`):
+        linear layers per map (default 2, "using two linear layers for all
+        functions h", Sec. 3.1), the width between them (``None``: ``d2``)
+        and the nonlinearity there (default ``None``: none, the literal
+        text; or ``"relu"``). Read only by ``routing="self_attention"``.
       dtype: computation dtype (e.g. ``jnp.bfloat16``); ``None``: inferred.
       param_dtype: parameter dtype.
       rngs: random streams (``params``; ``dropout`` when ``dropout_rate > 0``).
@@ -213,6 +228,8 @@ class MultimodalCapsuleNetwork(nnx.Module):
       raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}.")
     if pool not in ("secondary", "primary"):
       raise ValueError(f"pool must be 'secondary' or 'primary', got {pool!r}.")
+    if qkv_layers not in (1, 2):
+      raise ValueError(f"qkv_layers must be 1 or 2, got {qkv_layers!r}.")
     if routing == "em" and d1 != d2:
       raise ValueError(
           f"routing='em' keeps the pose size (matrix capsules): d1 must equal "
@@ -233,7 +250,8 @@ class MultimodalCapsuleNetwork(nnx.Module):
       if routing == "self_attention":
         return SelfAttentionRoutingLayer(
             d1, d2, n_heads=n_heads, d_hidden=d_hidden,
-            dropout_rate=dropout_rate, **lin)
+            dropout_rate=dropout_rate, qkv_layers=qkv_layers,
+            qkv_hidden=qkv_hidden, qkv_activation=qkv_activation, **lin)
       if routing == "none":
         return NoRoutingLayer(d1, d_hidden=d_hidden, **lin)
       if routing == "dynamic":
@@ -332,6 +350,7 @@ class SelfAttentionBaseline(nnx.Module):
   is zero-padded to ``N * ceil(n_m / N)`` (text: 300 -> 384) and cut into
   ``N`` tokens of ``t_m = ceil(n_m / N)`` features; the self-attention layer
   is the routing block of the paper (App. B: ``h_Q, h_K, h_V: t_m -> d2``,
+  two linear layers each as in the capsule model,
   multi-head attention, LayerNorm, MLP, residual, LayerNorm) with all
   activations 1 and no activation head, one per modality (the token sizes
   differ); the flattened tokens ``[N * d2]`` go through a shared linear map

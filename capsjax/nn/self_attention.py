@@ -24,7 +24,11 @@ from jax.typing import ArrayLike
 
 from capsjax import _shapes
 from capsjax.nn.torch_init import torch_bias_init, torch_kernel_init
-from capsjax.routing.self_attention import SelfAttentionParams, self_attention_routing
+from capsjax.routing.self_attention import (
+    QKV_ACTIVATIONS,
+    SelfAttentionParams,
+    self_attention_routing,
+)
 
 __all__ = ["Capsules", "SelfAttentionRoutingLayer", "check_capsules", "linear_params"]
 
@@ -85,8 +89,8 @@ class SelfAttentionRoutingLayer(nnx.Module):
   ``C`` secondary capsules (poses ``[b, C, d2]``, activations ``[b, C]``, a
   softmax over the capsules) out; ``C`` may differ from call to call. The
   kernel's docstring lists every modelling choice the paper leaves open
-  (one affine map per ``h``, per-head scaling ``1/sqrt(d_head)``, ReLU MLP,
-  post-norm order, masking).
+  (one or two linear layers per ``h``, per-head scaling ``1/sqrt(d_head)``,
+  ReLU MLP, post-norm order, masking).
 
   Parameters, named as the fields of :class:`~capsjax.routing.SelfAttentionParams`
   (``x @ w`` layout). No official code is public and the paper gives no
@@ -95,7 +99,10 @@ class SelfAttentionRoutingLayer(nnx.Module):
   PyTorch's scale 1, bias 0 — what a PyTorch implementation built from
   ``nn.Linear``/``nn.LayerNorm`` would start from:
 
-  * ``w_q``, ``w_k``, ``w_v [d1, d2]``, ``b_q``, ``b_k``, ``b_v [d2]``: fan-in ``d1``;
+  * ``w_q``, ``w_k``, ``w_v [d1, d2]``, ``b_q``, ``b_k``, ``b_v [d2]``: fan-in
+    ``d1`` (with ``qkv_layers=2``: ``[d1, qkv_hidden]``, ``[qkv_hidden]``);
+  * with ``qkv_layers=2``, ``w_q2``, ``w_k2``, ``w_v2 [qkv_hidden, d2]``,
+    ``b_q2``, ``b_k2``, ``b_v2 [d2]``: fan-in ``qkv_hidden``;
   * ``ln1_scale``, ``ln1_bias``, ``ln2_scale``, ``ln2_bias [d2]``: 1, 0;
   * ``w_mlp1 [d2, d_hidden]``, ``b_mlp1``: fan-in ``d2``;
     ``w_mlp2 [d_hidden, d2]``, ``b_mlp2``: fan-in ``d_hidden``;
@@ -109,7 +116,9 @@ class SelfAttentionRoutingLayer(nnx.Module):
 
   Attributes:
     d1, d2, n_heads, d_hidden, dropout_rate, out_proj, activation_head,
-    qk_scale, ln_eps, dtype, param_dtype: the constructor arguments.
+    qk_scale, ln_eps, dtype, param_dtype, qkv_layers, qkv_activation: the
+    constructor arguments; qkv_hidden: the hidden width of ``h`` (``d2`` when
+    not given; ``None`` with ``qkv_layers=1``).
     d_out: ``d2``, the output pose size; n_inp, n_out: ``None`` (any number of
       capsules, as many out as in) — the common routing-layer interface.
   """
@@ -130,6 +139,9 @@ class SelfAttentionRoutingLayer(nnx.Module):
       param_dtype: Any = jnp.float32,
       chunk_size: int | None = None,
       compute_dtype: Any = None,
+      qkv_layers: int = 2,
+      qkv_hidden: int | None = None,
+      qkv_activation: str | None = None,
       rngs: nnx.Rngs,
   ):
     """Creates the layer.
@@ -158,16 +170,45 @@ class SelfAttentionRoutingLayer(nnx.Module):
       compute_dtype: the kernel's mixed-precision dtype (e.g.
         ``jnp.bfloat16``: matmuls in it, softmax and LayerNorm in float32);
         ``None``: off.
+      qkv_layers: linear layers per map ``h_Q, h_K, h_V``: 2 (default;
+        Sec. 3.1: "using two linear layers for all functions h") or 1 (one
+        affine map: the same function class as two layers without a
+        nonlinearity, but trained differently; capsjax's default before).
+      qkv_hidden: with ``qkv_layers=2``, the width between the two layers;
+        ``None``: ``d2`` (the paper gives none; ``d2`` is the width ``h``
+        maps to, so neither layer narrows the map below ``min(d1, d2)``).
+        Must be ``None`` with ``qkv_layers=1``.
+      qkv_activation: with ``qkv_layers=2``, the nonlinearity between the
+        two layers: ``None`` (default: none; the paper calls them "two
+        linear layers" and App. B "linear projections", and names no
+        nonlinearity, where it does for ``g``: "a two-layer nonlinear MLP")
+        or ``"relu"`` (each ``h`` a two-layer MLP). Must be ``None`` with
+        ``qkv_layers=1``.
       rngs: random streams; ``params`` draws the weights, ``dropout`` (only
         read when ``dropout_rate > 0``) the dropout masks.
 
     Raises:
-      ValueError: on a non-positive size, ``n_heads`` not dividing ``d2``, or
-        a dropout rate outside [0, 1).
+      ValueError: on a non-positive size, ``n_heads`` not dividing ``d2``, a
+        dropout rate outside [0, 1), ``qkv_layers`` not 1 or 2, an unknown
+        ``qkv_activation``, or ``qkv_hidden`` / ``qkv_activation`` given with
+        ``qkv_layers=1``.
     """
     for name, value in (("d1", d1), ("d2", d2), ("n_heads", n_heads),
                         ("d_hidden", d_hidden)):
       _shapes.check_positive_int(name, value)
+    if qkv_layers not in (1, 2):
+      raise ValueError(f"qkv_layers must be 1 or 2, got {qkv_layers!r}.")
+    if qkv_activation not in QKV_ACTIVATIONS:
+      raise ValueError(f"qkv_activation must be one of {QKV_ACTIVATIONS}, got "
+                       f"{qkv_activation!r}.")
+    if qkv_layers == 1 and (qkv_hidden is not None or qkv_activation is not None):
+      raise ValueError(
+          "qkv_hidden and qkv_activation describe the second layer of h_Q, "
+          f"h_K, h_V and need qkv_layers=2, got qkv_layers=1 with "
+          f"qkv_hidden={qkv_hidden!r}, qkv_activation={qkv_activation!r}.")
+    if qkv_layers == 2:
+      qkv_hidden = d2 if qkv_hidden is None else qkv_hidden
+      _shapes.check_positive_int("qkv_hidden", qkv_hidden)
     if d2 % n_heads:
       raise ValueError(f"n_heads must divide d2 = {d2}, got n_heads={n_heads}.")
     if not 0.0 <= dropout_rate < 1.0:
@@ -178,11 +219,14 @@ class SelfAttentionRoutingLayer(nnx.Module):
     self.qk_scale, self.ln_eps = qk_scale, ln_eps
     self.dtype, self.param_dtype = dtype, param_dtype
     self.chunk_size, self.compute_dtype = chunk_size, compute_dtype
+    self.qkv_layers, self.qkv_hidden = qkv_layers, qkv_hidden
+    self.qkv_activation = qkv_activation
 
     keys = iter(jax.random.split(rngs.params(), 6))
-    self.w_q, self.b_q = linear_params(next(keys), d1, d2, param_dtype)
-    self.w_k, self.b_k = linear_params(next(keys), d1, d2, param_dtype)
-    self.w_v, self.b_v = linear_params(next(keys), d1, d2, param_dtype)
+    d_first = d2 if qkv_layers == 1 else qkv_hidden
+    self.w_q, self.b_q = linear_params(next(keys), d1, d_first, param_dtype)
+    self.w_k, self.b_k = linear_params(next(keys), d1, d_first, param_dtype)
+    self.w_v, self.b_v = linear_params(next(keys), d1, d_first, param_dtype)
     self.ln1_scale = nnx.Param(jnp.ones((d2,), param_dtype))
     self.ln1_bias = nnx.Param(jnp.zeros((d2,), param_dtype))
     self.w_mlp1, self.b_mlp1 = linear_params(next(keys), d2, d_hidden, param_dtype)
@@ -200,6 +244,15 @@ class SelfAttentionRoutingLayer(nnx.Module):
       self.w_o, self.b_o = linear_params(rngs.params(), d2, d2, param_dtype)
     else:
       self.w_o = self.b_o = None
+    if qkv_layers == 2:
+      # Drawn after every other parameter, so that qkv_layers=1 keeps its
+      # initial values.
+      keys2 = iter(jax.random.split(rngs.params(), 3))
+      self.w_q2, self.b_q2 = linear_params(next(keys2), qkv_hidden, d2, param_dtype)
+      self.w_k2, self.b_k2 = linear_params(next(keys2), qkv_hidden, d2, param_dtype)
+      self.w_v2, self.b_v2 = linear_params(next(keys2), qkv_hidden, d2, param_dtype)
+    else:
+      self.w_q2 = self.b_q2 = self.w_k2 = self.b_k2 = self.w_v2 = self.b_v2 = None
     # The Dropout module only holds the train/eval flag and the key stream
     # (the kernel applies the mask); without dropout no stream is needed,
     # e.g. under to_linen, whose Rngs may hold only 'params'.
@@ -249,7 +302,8 @@ class SelfAttentionRoutingLayer(nnx.Module):
       out = self_attention_routing(
           x, p, params, n_heads=self.n_heads, mask=m, dropout_rate=rate,
           dropout_rng=key, qk_scale=self.qk_scale, ln_eps=self.ln_eps,
-          chunk_size=self.chunk_size, compute_dtype=self.compute_dtype)
+          chunk_size=self.chunk_size, compute_dtype=self.compute_dtype,
+          qkv_activation=self.qkv_activation)
       return Capsules(out.poses, out.activations)
 
     return jax.vmap(route, in_axes=(0, 0, None if mask is None else 0,

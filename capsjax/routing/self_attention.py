@@ -37,10 +37,14 @@ class SelfAttentionParams(NamedTuple):
   PyTorch ``nn.Linear`` weight ports as its transpose.
 
   Attributes:
-    w_q, w_k, w_v: ``[d1, d2]`` the maps ``h_Q, h_K, h_V`` of Sec. 3.1.
-    b_q, b_k, b_v: ``[d2]`` their biases. ``b_k`` adds ``q_i . b_k`` to every
-      logit of query ``i`` and so cancels in the attention softmax: its
-      gradient is exactly zero (kept as the paper's affine ``h_K``).
+    w_q, w_k, w_v: the first (or only) linear layer of the maps
+      ``h_Q, h_K, h_V`` of Sec. 3.1: ``[d1, d2]`` when each ``h`` is one
+      layer, ``[d1, d_qkv]`` when the second layer ``w_q2, ...`` is given.
+    b_q, b_k, b_v: their biases, ``[d2]`` (one layer) or ``[d_qkv]``. With
+      one layer, ``b_k`` adds ``q_i . b_k`` to every logit of query ``i`` and
+      so cancels in the attention softmax: its gradient is exactly zero (kept
+      as the paper's affine ``h_K``). The same holds for ``b_k2``, and for
+      ``b_k`` too when the two layers have no nonlinearity between them.
     ln1_scale, ln1_bias: ``[d2]`` the first LayerNorm (on ``V'``, App. B).
     w_mlp1: ``[d2, d_hidden]`` first MLP layer (the paper: ``d_hidden = 1024``).
     b_mlp1: ``[d_hidden]``.
@@ -55,6 +59,10 @@ class SelfAttentionParams(NamedTuple):
       paper's function; pass one to port a standard multi-head attention
       layer (e.g. PyTorch ``nn.MultiheadAttention.out_proj``).
     b_o: ``[d2]`` or ``None``; given exactly when ``w_o`` is.
+    w_q2, w_k2, w_v2: ``[d_qkv, d2]`` or ``None``: the second linear layer of
+      ``h_Q, h_K, h_V`` (Sec. 3.1: "using two linear layers for all functions
+      h"); ``None`` (all six fields) makes each ``h`` one affine map.
+    b_q2, b_k2, b_v2: ``[d2]`` or ``None``; given exactly when the weights are.
   """
 
   w_q: jax.Array
@@ -75,6 +83,17 @@ class SelfAttentionParams(NamedTuple):
   b_p: jax.Array
   w_o: jax.Array | None = None
   b_o: jax.Array | None = None
+  w_q2: jax.Array | None = None
+  b_q2: jax.Array | None = None
+  w_k2: jax.Array | None = None
+  b_k2: jax.Array | None = None
+  w_v2: jax.Array | None = None
+  b_v2: jax.Array | None = None
+
+
+_SECOND_LAYER = ("w_q2", "b_q2", "w_k2", "b_k2", "w_v2", "b_v2")
+# Nonlinearities allowed between the two layers of h_Q, h_K, h_V.
+QKV_ACTIVATIONS = (None, "relu")
 
 
 class SelfAttentionRouting(NamedTuple):
@@ -92,14 +111,29 @@ class SelfAttentionRouting(NamedTuple):
 
 def _check_params(params: SelfAttentionParams, d1: int) -> tuple[int, int]:
   """Validates every parameter's shape; returns ``(d2, d_hidden)``."""
-  _, d2 = check_ndim("params.w_q", params.w_q, 2, "[d1, d2]")
-  check_shape("params.w_q", params.w_q, (d1, d2), "[d1, d2]")
+  given = [name for name in _SECOND_LAYER if getattr(params, name) is not None]
+  if given and len(given) != len(_SECOND_LAYER):
+    missing = [name for name in _SECOND_LAYER if name not in given]
+    raise ValueError(
+        "the second layer of h_Q, h_K, h_V needs all of params."
+        f"{', params.'.join(_SECOND_LAYER)} (or none of them), got "
+        f"{', '.join(given)} without {', '.join(missing)}.")
+  two = bool(given)
+  # The first layer's width: d2 with one layer, d_qkv with two.
+  first = "[d1, d_qkv]" if two else "[d1, d2]"
+  _, d_first = check_ndim("params.w_q", params.w_q, 2, first)
+  check_shape("params.w_q", params.w_q, (d1, d_first), first)
+  if two:
+    _, d2 = check_ndim("params.w_q2", params.w_q2, 2, "[d_qkv, d2]")
+  else:
+    d2 = d_first
   _, d_hidden = check_ndim("params.w_mlp1", params.w_mlp1, 2, "[d2, d_hidden]")
-  vec_d2 = ("b_q", "b_k", "b_v", "ln1_scale", "ln1_bias", "b_mlp2",
-            "ln2_scale", "ln2_bias")
+  vec_d2 = ("ln1_scale", "ln1_bias", "b_mlp2", "ln2_scale", "ln2_bias")
+  letters = "[d_qkv]" if two else "[d2]"
   expected = {
-      "w_k": ((d1, d2), "[d1, d2]"),
-      "w_v": ((d1, d2), "[d1, d2]"),
+      "w_k": ((d1, d_first), first),
+      "w_v": ((d1, d_first), first),
+      **{name: ((d_first,), letters) for name in ("b_q", "b_k", "b_v")},
       **{name: ((d2,), "[d2]") for name in vec_d2},
       "w_mlp1": ((d2, d_hidden), "[d2, d_hidden]"),
       "b_mlp1": ((d_hidden,), "[d_hidden]"),
@@ -117,6 +151,12 @@ def _check_params(params: SelfAttentionParams, d1: int) -> tuple[int, int]:
   if params.w_o is not None:
     check_shape("params.w_o", params.w_o, (d2, d2), "[d2, d2]")
     check_shape("params.b_o", params.b_o, (d2,), "[d2]")
+  if two:
+    for name in ("w_q2", "w_k2", "w_v2"):
+      check_shape(f"params.{name}", getattr(params, name), (d_first, d2),
+                  "[d_qkv, d2]")
+    for name in ("b_q2", "b_k2", "b_v2"):
+      check_shape(f"params.{name}", getattr(params, name), (d2,), "[d2]")
   return d2, d_hidden
 
 
@@ -133,16 +173,33 @@ def self_attention_routing(
     ln_eps: float = 1e-5,
     chunk_size: int | None = None,
     compute_dtype: jax.typing.DTypeLike | None = None,
+    qkv_activation: str | None = None,
 ) -> SelfAttentionRouting:
   """Routes ``C`` capsules by multi-head self-attention (Duarte et al., 2021).
 
   For one sample, with ``u_i = p_i x_i`` (Sec. 3.1):
 
-  1. ``Q, K, V = u W_Q + b_Q, u W_K + b_K, u W_V + b_V`` ``[C, d2]``. The
-     paper says "using two linear layers for all functions h" and App. B
-     "linear projections"; two stacked linear maps without a nonlinearity are
-     one affine map, so each ``h`` is one ``[d1, d2]`` weight and a bias (port
-     two stacked layers as ``w = w1 @ w2``, ``b = b1 @ w2 + b2``).
+  1. ``Q, K, V = h_Q(u), h_K(u), h_V(u)`` ``[C, d2]``. Sec. 3.1 learns them
+     "using two linear layers for all functions h, h_K, h_Q, h_V: R^d1 ->
+     R^d2"; App. B says "we first use linear projections to generate the
+     query-key-value". Two forms:
+
+     * one layer (``params.w_q2`` etc. ``None``): ``h(u) = u W + b``, one
+       ``[d1, d2]`` weight and a bias;
+     * two layers (``params.w_q2, b_q2, ...`` given):
+       ``h(u) = a(u W + b) W2 + b2`` with ``W [d1, d_qkv]``,
+       ``W2 [d_qkv, d2]`` and ``a`` set by ``qkv_activation``: ``None`` (the
+       identity: two stacked linear layers, the literal text; as a function
+       the same class as one affine map of rank ``<= min(d1, d_qkv, d2)``,
+       but factorised, so it trains differently) or ``"relu"`` (each ``h``
+       a two-layer MLP; then ``V' = softmax(QK^T) V`` is, for near-uniform
+       attention, a nonlinear set feature ``mean_j h_V(p_j x_j)`` rather
+       than one linear map of ``mean_j p_j x_j``).
+
+     :class:`capsjax.nn.SelfAttentionRoutingLayer` builds two layers with no
+     nonlinearity by default (the literal reading). One affine map ports as
+     two layers of width ``d2`` with ``W2 = I``, ``b2 = 0``; two linear
+     layers fold into one as ``W = W1 @ W2``, ``b = b1 @ W2 + b2``.
   2. Multi-head attention (Eq. 6): ``d2`` is split into ``n_heads``
      contiguous chunks of ``d_head = d2 / n_heads``; each head computes
      ``softmax_j(q_i . k_j * qk_scale) v_j`` and the heads are concatenated
@@ -161,9 +218,9 @@ def self_attention_routing(
 
   Masking: capsule ``i`` is *excluded* where ``mask[i]`` is False **or**
   ``activations[i] == 0``. ``p_i x_i = 0`` alone would still give a key and
-  value ``b_K, b_V``, so an absent entity would change the others; excluded
-  capsules are therefore removed from every attention's keys and from the
-  softmax of Eq. (2). The present capsules' outputs equal those of the same
+  value ``h_K(0), h_V(0)`` (``b_K, b_V`` with one layer), so an absent
+  entity would change the others; excluded capsules are therefore removed
+  from every attention's keys and from the softmax of Eq. (2). The present capsules' outputs equal those of the same
   call with the excluded capsules deleted. An excluded capsule still gets a
   finite pose (its query attends to the present capsules) and activation
   exactly 0. If every capsule is excluded, ``V'`` is 0 (or ``b_o``), poses
@@ -199,10 +256,15 @@ def self_attention_routing(
       layers) take operands rounded to ``compute_dtype`` (``Q, K, V``, the
       attention probabilities and the MLP hidden activations are stored in
       it) and accumulate in float32. In float32 (the input dtype promoted to
-      at least float32): ``p_i x_i``, the attention softmax, the biases, both
+      at least float32): ``p_i x_i``, the attention softmax, the biases, the
+      nonlinearity between the two layers of ``h`` (the hidden ``[C, d_qkv]``
+      is then stored in ``compute_dtype`` for the second matmul), both
       LayerNorms (statistics and output), the ReLU and dropout, the residual,
       the activation logits ``x̂_i W_p + b_p`` (a dot of length ``d2`` per
       capsule) and their softmax. Outputs are in the input dtype.
+    qkv_activation: the nonlinearity between the two layers of ``h_Q,
+      h_K, h_V``: ``None`` (default, none) or ``"relu"``. Only with the
+      second layer (``params.w_q2`` etc.); ``"relu"`` without it raises.
 
   Returns:
     A :class:`SelfAttentionRouting` ``(poses [C, d2], activations [C])``.
@@ -210,8 +272,9 @@ def self_attention_routing(
   Raises:
     ValueError: on a wrong shape (naming the argument and the expected
       shape), ``n_heads`` not dividing ``d2``, a bad ``dropout_rate`` or
-      ``ln_eps``, ``chunk_size`` or ``compute_dtype``, or
-      ``dropout_rate > 0`` without ``dropout_rng``.
+      ``ln_eps``, ``chunk_size``, ``compute_dtype`` or ``qkv_activation``
+      (or ``"relu"`` without the second layer of ``h``), an incomplete
+      second layer, or ``dropout_rate > 0`` without ``dropout_rng``.
 
   References:
     K. Duarte, B. Chen, N. Shvetsova, A. Rouditchenko, S. Thomas, A. Liu,
@@ -239,6 +302,14 @@ def self_attention_routing(
     raise ValueError(f"ln_eps must be positive, got {ln_eps!r}.")
   if chunk_size is not None:
     check_positive_int("chunk_size", chunk_size)
+  if qkv_activation not in QKV_ACTIVATIONS:
+    raise ValueError(f"qkv_activation must be one of {QKV_ACTIVATIONS}, got "
+                     f"{qkv_activation!r}.")
+  two_layer_h = params.w_q2 is not None
+  if qkv_activation is not None and not two_layer_h:
+    raise ValueError(
+        f"qkv_activation={qkv_activation!r} acts between the two layers of "
+        "h_Q, h_K, h_V, but params has one layer (params.w_q2 etc. are None).")
 
   poses = jnp.asarray(poses)
   activations = jnp.asarray(activations)
@@ -262,9 +333,18 @@ def self_attention_routing(
     present = present & jnp.asarray(mask)
 
   weighted = activations[:, None] * poses  # p_i x_i, Sec. 3.1
-  q = policy.matmul(weighted, params.w_q) + params.b_q
-  k = policy.matmul(weighted, params.w_k) + params.b_k
-  v = policy.matmul(weighted, params.w_v) + params.b_v
+
+  def h(w, b, w2, b2):  # h_Q, h_K or h_V: one or two linear layers
+    out = policy.matmul(weighted, w) + b
+    if not two_layer_h:
+      return out
+    if qkv_activation == "relu":
+      out = jax.nn.relu(out)
+    return policy.matmul(policy.store(out), w2) + b2
+
+  q = h(params.w_q, params.b_q, params.w_q2, params.b_q2)
+  k = h(params.w_k, params.b_k, params.w_k2, params.b_k2)
+  v = h(params.w_v, params.b_v, params.w_v2, params.b_v2)
   split = lambda t: policy.store(t.reshape(n_caps, n_heads, d_head))  # [C, head, d_head]
   v_att = _attention(split(q), split(k), split(v), present, scale, policy,
                      _AUTO_QUERY_BLOCK if chunk_size is None else chunk_size)

@@ -18,7 +18,12 @@ reading of Eq. 3: ``f_out(p̂_i x̂_i)`` on the routed poses);
 ``self_attention_primary`` (Eq. 3 as written: ``f_out(p̂_i x_i)``, the
 primary poses weighted by the routed activations, ``model.pool =
 "primary"``); ``none`` (Table 3's "No Routing") and ``fc`` (Table 5's
-"Fully Connected"). Also available: ``dynamic``, ``em`` (4x4 matrix poses,
+"Fully Connected"). The self-attention rows use the config's reading of
+Sec. 3.1's "two linear layers for all functions h" (``model.qkv_*``; the
+paper configs: two linear layers, no nonlinearity); ``self_attention_h1``
+(one affine map per ``h``) and ``self_attention_h_relu`` (a ReLU between
+the two layers) are the other readings, both with ``f_out`` on the routed
+poses. Also available: ``dynamic``, ``em`` (4x4 matrix poses,
 d1 = d2 = 16, when the config's are not square), ``set_transformer`` and
 ``self_attention_baseline`` (Table 5's "Self-Attention"). Only the model
 fields differ between rows; any config works (e.g. ``routing.py`` with real
@@ -43,8 +48,16 @@ BASELINES = {"fc": "fc", "self_attention_baseline": "self_attention"}
 # Self-attention routing with Eq. (3) read literally: f_out weights the
 # primary poses x_i by the routed activations (model.pool = "primary").
 PRIMARY_POOL = "self_attention_primary"
+# The other readings of Sec. 3.1's "two linear layers for all functions h"
+# (the config's own model.qkv_* is the default reading): the model fields
+# each sets, on top of routing = "self_attention".
+H_READINGS = {
+    "self_attention_h1": {"qkv_layers": 1, "qkv_hidden": None,
+                          "qkv_activation": None},
+    "self_attention_h_relu": {"qkv_layers": 2, "qkv_activation": "relu"},
+}
 VARIANTS = (tuple(r for r in duarte2021.ROUTINGS if r != "fc")
-            + (PRIMARY_POOL,) + tuple(BASELINES))
+            + (PRIMARY_POOL,) + tuple(H_READINGS) + tuple(BASELINES))
 
 _VARIANTS = flags.DEFINE_list(
     "variants", ["self_attention", PRIMARY_POOL, "none", "fc"],
@@ -66,6 +79,10 @@ def variant_config(config, variant: str):
     c.model.architecture = "capsules"
     c.model.routing = "self_attention"
     c.model.pool = "primary"
+  elif variant in H_READINGS:
+    c.model.architecture = "capsules"
+    c.model.routing = "self_attention"
+    c.model.update(H_READINGS[variant])
   else:
     c.model.architecture = "capsules"
     c.model.routing = variant

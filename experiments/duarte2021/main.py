@@ -40,7 +40,8 @@ FIELDS = entrypoint.Fields(
     required=(
         "model.architecture", "model.n_caps", "model.d1", "model.d2",
         "model.d_embed", "model.d_hidden", "model.routing", "model.shared",
-        "model.pool", "model.input_dims",
+        "model.pool", "model.input_dims", "model.qkv_layers",
+        "model.qkv_hidden", "model.qkv_activation",
         "loss.margin", "data.name", "data.batch_size",
         "optimiser.learning_rate", "schedule.final_fraction",
         "eval.retrieval", "eval.batch_size", "train.num_steps", "train.seed",
@@ -56,10 +57,13 @@ def make_model(m, rngs: nnx.Rngs) -> nnx.Module:
   """The config's model: the capsule network or a Table 5 baseline."""
   dims = dict(m.input_dims)
   if m.architecture == "capsules":
+    # The qkv fields shape the self-attention routing's h_Q, h_K, h_V; the
+    # other routings ignore them.
     return duarte2021.MultimodalCapsuleNetwork(
         dims, n_caps=m.n_caps, d1=m.d1, d2=m.d2, d_embed=m.d_embed,
         routing=m.routing, shared=m.shared, pool=m.pool, d_hidden=m.d_hidden,
-        rngs=rngs)
+        qkv_layers=m.qkv_layers, qkv_hidden=m.qkv_hidden,
+        qkv_activation=m.qkv_activation, rngs=rngs)
   if m.architecture == "fc":
     # Hidden width C * d1: the capsule model's primary layer (Sec. 4.4).
     return duarte2021.FCBaseline(dims, d_hidden=m.n_caps * m.d1,

@@ -81,10 +81,13 @@ def _primary(c, d1):
   return sum((n + 1) * (c * d1 + c) for n in PAPER_INPUTS)
 
 
-def _self_attention(d1, d2):
-  # h_Q, h_K, h_V: 3 (d1 d2 + d2); LN1, LN2: 4 d2; MLP d2 -> 1024 -> d2;
-  # Eq. (2): W_p [d2, 1] + b_p.
-  return 3 * (d1 * d2 + d2) + 4 * d2 + (d2 * MLP + MLP + MLP * d2 + d2) + d2 + 1
+def _self_attention(d1, d2, qkv_layers=2, qkv_hidden=None):
+  # h_Q, h_K, h_V, each two linear layers d1 -> q -> d2 (Sec. 3.1; q = d2
+  # unless given): 3 (d1 q + q + q d2 + d2), or one, 3 (d1 d2 + d2);
+  # LN1, LN2: 4 d2; MLP d2 -> 1024 -> d2; Eq. (2): W_p [d2, 1] + b_p.
+  q = d2 if qkv_hidden is None else qkv_hidden
+  h = d1 * d2 + d2 if qkv_layers == 1 else d1 * q + q + q * d2 + d2
+  return 3 * h + 4 * d2 + (d2 * MLP + MLP + MLP * d2 + d2) + d2 + 1
 
 
 def _f_out(c, d):
@@ -94,12 +97,21 @@ def _f_out(c, d):
 def test_paper_model_parameter_count():
   # Primary capsules: video 4097 * 4224 + audio 1025 * 4224 + text 301 * 4224
   # = 17,305,728 + 4,329,600 + 1,271,424 = 22,906,752;
-  # routing: 25,344 + 1,024 + 525,568 + 257 = 552,193;
+  # routing: h_Q, h_K, h_V 3 * (32 * 256 + 256 + 256 * 256 + 256) = 222,720
+  # + LayerNorms 1,024 + MLP 525,568 + Eq. (2) 257 = 749,569;
   # f_out: 128 * 256 * 4096 + 4096 = 134,221,824.
   assert _primary(128, 32) == 22_906_752
-  assert _self_attention(32, 256) == 552_193
+  assert _self_attention(32, 256) == 749_569
   assert _f_out(128, 256) == 134_221_824
-  assert _count(_abstract(D.duarte2021)) == 157_680_769
+  assert _count(_abstract(D.duarte2021)) == 157_878_145
+  # One affine map per h (qkv_layers=1): 3 * (32 * 256 + 256) = 25,344.
+  assert _self_attention(32, 256, qkv_layers=1) == 552_193
+  assert _count(_abstract(D.duarte2021, qkv_layers=1)) == 157_680_769
+  # A ReLU adds no parameters; another hidden width changes h only.
+  assert _count(_abstract(D.duarte2021, qkv_activation="relu")) == 157_878_145
+  assert (_count(_abstract(D.duarte2021, qkv_hidden=64))
+          == _primary(128, 32) + _self_attention(32, 256, qkv_hidden=64)
+          + _f_out(128, 256))
 
 
 def test_shared_and_not_shared_counts_differ_by_two_copies():
@@ -107,7 +119,7 @@ def test_shared_and_not_shared_counts_differ_by_two_copies():
   not_shared = _count(_abstract(D.duarte2021_not_shared))
   # Table 6: three routing layers and three f_out instead of one each.
   assert not_shared - shared == 2 * (_self_attention(32, 256) + _f_out(128, 256))
-  assert not_shared == 427_228_803
+  assert not_shared == 427_820_931
 
 
 @pytest.mark.parametrize("n_caps", [32, 64, 256])
@@ -174,6 +186,8 @@ def _loss_and_grad(model, inputs):
 
 CONSTRUCTORS = [
     ("duarte2021", D.duarte2021, SMALL),
+    ("relu_h", D.duarte2021, {**SMALL, "qkv_activation": "relu"}),
+    ("one_layer_h", D.duarte2021, {**SMALL, "qkv_layers": 1}),
     ("not_shared", D.duarte2021_not_shared, SMALL),
     ("capsules", lambda **kw: D.duarte2021_capsules(kw.pop("n_caps"), **kw), SMALL),
     ("no_routing", D.duarte2021_no_routing, SMALL),
@@ -204,12 +218,13 @@ def test_jitted_loss_and_gradient(name, make, kw):
   leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
   assert len(leaves) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert all(np.all(np.isfinite(g)) for g in leaves)
-  # Every parameter is used, except self-attention's b_k (its gradient is 0:
-  # it adds a constant to each softmax row) and the softmax biases b_p.
+  # Every parameter is used, except self-attention's key biases b_k, b_k2
+  # (with two linear layers both add a constant to each softmax row, so
+  # their gradient is 0) and the softmax biases b_p.
   flat = nnx.to_flat_state(nnx.state(grads, nnx.Param))
   dead = [path for path, g in flat
           if not np.any(np.asarray(g[...]))
-          and path[-1] not in ("b_k", "b_p", "b_2")]
+          and path[-1] not in ("b_k", "b_k2", "b_p", "b_2")]
   assert not dead, dead
 
 
@@ -307,6 +322,10 @@ def test_errors():
     _abstract(D.duarte2021, routing="em")
   with pytest.raises(ValueError, match="n_caps must be a positive integer"):
     _abstract(D.duarte2021, n_caps=0)
+  with pytest.raises(ValueError, match="qkv_layers must be 1 or 2, got 3"):
+    _abstract(D.duarte2021, routing="none", qkv_layers=3)
+  with pytest.raises(ValueError, match="qkv_activation must be one of"):
+    _abstract(D.duarte2021, qkv_activation="gelu")
   with pytest.raises(ValueError, match=r"input_dims\['text'\] must be a positive"):
     _abstract(D.duarte2021, input_dims={"text": 0})
   model = _abstract(D.duarte2021, **SMALL)

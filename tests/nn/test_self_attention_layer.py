@@ -52,17 +52,21 @@ def _ref_params(layer):
           for name in PARAM_NAMES}
 
 
-def _expected_count(h: int, out_proj: bool = False, head: bool = True) -> int:
-  """h_Q, h_K, h_V: 3 (d1 d2 + d2); two LayerNorms: 4 d2; MLP: d2 h + h + h d2
-  + d2; Eq. (2): d2 + 1; output projection: d2 d2 + d2."""
-  return (3 * (D1 * D2 + D2) + 4 * D2 + (2 * D2 * h + h + D2)
+def _expected_count(h: int, out_proj: bool = False, head: bool = True,
+                    qkv_hidden: int | None = None) -> int:
+  """h_Q, h_K, h_V: 3 (d1 d2 + d2) with one layer, 3 (d1 q + q + q d2 + d2)
+  with two (width q); two LayerNorms: 4 d2; MLP: d2 h + h + h d2 + d2;
+  Eq. (2): d2 + 1; output projection: d2 d2 + d2."""
+  qkv = (D1 * D2 + D2 if qkv_hidden is None
+         else D1 * qkv_hidden + qkv_hidden + qkv_hidden * D2 + D2)
+  return (3 * qkv + 4 * D2 + (2 * D2 * h + h + D2)
           + (D2 + 1 if head else 0) + (D2 * D2 + D2 if out_proj else 0))
 
 
 def test_parameters_and_init():
   h = HIDDEN
   layer = SelfAttentionRoutingLayer(D1, D2, n_heads=HEADS, d_hidden=HIDDEN,
-                                    rngs=nnx.Rngs(3))
+                                    qkv_layers=1, rngs=nnx.Rngs(3))
   assert _count(layer) == _expected_count(h)
   # torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both.
   for name, fan_in in (("w_q", D1), ("b_q", D1), ("w_v", D1), ("w_mlp1", D2),
@@ -80,14 +84,72 @@ def test_parameters_and_init():
   assert layer.w_o is None and layer.d_out == D2
   small = lambda **kw: SelfAttentionRoutingLayer(  # noqa: E731
       D1, D2, n_heads=HEADS, d_hidden=HIDDEN, rngs=nnx.Rngs(0), **kw)
+  # The default: two linear layers per h, hidden width d2.
+  assert _count(nnx.eval_shape(small)) == _expected_count(HIDDEN, qkv_hidden=D2)
   with_proj = nnx.eval_shape(lambda: small(out_proj=True))
-  assert _count(with_proj) == _expected_count(HIDDEN, out_proj=True)
+  assert _count(with_proj) == _expected_count(HIDDEN, out_proj=True, qkv_hidden=D2)
   # The kernel gets the output projection (tested there) when there is one.
   kp = nnx.eval_shape(lambda: small(out_proj=True).kernel_params(jnp.float32))
   assert kp.w_o.shape == (D2, D2) and kp.b_o.shape == (D2,)
   no_head = nnx.eval_shape(lambda: small(activation_head=False))
-  assert _count(no_head) == _expected_count(HIDDEN, head=False)
+  assert _count(no_head) == _expected_count(HIDDEN, head=False, qkv_hidden=D2)
   assert no_head.w_p is None
+
+
+def test_two_layer_h_parameters_and_init():
+  # Sec. 3.1: "two linear layers for all functions h"; hidden width d2 unless
+  # given.
+  two = SelfAttentionRoutingLayer(D1, D2, n_heads=HEADS, d_hidden=HIDDEN,
+                                  rngs=nnx.Rngs(3))  # the default
+  assert two.qkv_hidden == D2 and two.qkv_activation is None
+  assert _count(two) == _expected_count(HIDDEN, qkv_hidden=D2)
+  assert two.w_q[...].shape == (D1, D2) and two.w_v2[...].shape == (D2, D2)
+  for name, fan_in in (("w_q", D1), ("b_k", D1), ("w_q2", D2), ("b_q2", D2),
+                       ("w_k2", D2), ("w_v2", D2), ("b_v2", D2)):
+    w = np.asarray(getattr(two, name)[...])
+    assert np.max(np.abs(w)) <= 1 / math.sqrt(fan_in), name
+  assert not np.allclose(two.w_q2[...], two.w_k2[...])
+  # The second layers are drawn last: every other parameter is as with one
+  # layer (same seed).
+  one = SelfAttentionRoutingLayer(D1, D2, n_heads=HEADS, d_hidden=HIDDEN,
+                                  qkv_layers=1, rngs=nnx.Rngs(3))
+  assert one.w_q2 is None and one.qkv_hidden is None
+  for name in ("w_q", "b_q", "w_k", "w_v", "w_mlp1", "w_mlp2", "w_p"):
+    np.testing.assert_array_equal(getattr(two, name)[...], getattr(one, name)[...])
+  def make_wide():
+    return SelfAttentionRoutingLayer(
+        D1, D2, n_heads=HEADS, d_hidden=HIDDEN, qkv_layers=2, qkv_hidden=6,
+        qkv_activation="relu", rngs=nnx.Rngs(0))
+
+  assert _count(nnx.eval_shape(make_wide)) == _expected_count(HIDDEN, qkv_hidden=6)
+  kp = nnx.eval_shape(lambda: make_wide().kernel_params(jnp.float32))
+  assert kp.w_q.shape == (D1, 6) and kp.w_q2.shape == (6, D2)
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_two_layer_h_matches_reference_and_padding(activation):
+  layer = _layer(qkv_layers=2, qkv_hidden=6, qkv_activation=activation)
+  layer.eval()
+  poses, acts = _inputs(11, c=C + 1)
+  acts[0, 2] = 0.0                               # an absent entity
+  mask = np.ones((B, C + 1), bool)
+  mask[1, [1, 4]] = False
+  poses[1, [1, 4]] = 1e3                         # padding holds garbage
+  out = _forward(layer, poses, acts, mask)
+  params = _ref_params(layer)
+  for s in range(B):
+    ref_pose, ref_act = self_attention_routing_ref(
+        poses[s], acts[s], params, n_heads=HEADS, mask=mask[s],
+        qkv_activation=activation)
+    assert_rel_close(out.poses[s], ref_pose, name=f"poses[{s}]")
+    assert_rel_close(out.activations[s], ref_act, name=f"activations[{s}]")
+  # The padded capsules of sample 1 change nothing: same as deleting them.
+  keep = [0, 2, 3, 5]
+  removed = _forward(layer, poses[:, keep], acts[:, keep], None)
+  np.testing.assert_allclose(out.poses[1, keep], removed.poses[1], rtol=2e-6, atol=2e-6)
+  np.testing.assert_allclose(out.activations[1, keep], removed.activations[1],
+                             rtol=2e-6, atol=1e-7)
+  assert out.activations[0, 2] == 0 and np.all(out.activations[1, [1, 4]] == 0)
 
 
 def test_eval_mode_matches_reference_per_sample():
@@ -225,3 +287,15 @@ def test_errors_name_the_argument():
     SelfAttentionRoutingLayer(D1, D2, dropout_rate=1.0, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="d1 must be a positive integer"):
     SelfAttentionRoutingLayer(0, D2, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="qkv_layers must be 1 or 2, got 3"):
+    SelfAttentionRoutingLayer(D1, D2, qkv_layers=3, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="qkv_activation must be one of"):
+    SelfAttentionRoutingLayer(D1, D2, qkv_layers=2, qkv_activation="tanh",
+                              rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="need qkv_layers=2"):
+    SelfAttentionRoutingLayer(D1, D2, qkv_layers=1, qkv_hidden=8, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="need qkv_layers=2"):
+    SelfAttentionRoutingLayer(D1, D2, qkv_layers=1, qkv_activation="relu",
+                              rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="qkv_hidden must be a positive integer"):
+    SelfAttentionRoutingLayer(D1, D2, qkv_layers=2, qkv_hidden=0, rngs=nnx.Rngs(0))

@@ -2,7 +2,8 @@
 
 Written from Sec. 3.1 (Eqs. 1, 2), Appendix B (Eq. 6 and the block order) and
 the masking semantics of KERNELS.md, with plain per-capsule / per-head loops,
-independently of the JAX kernel. The interpretation choices (affine ``h``,
+independently of the JAX kernel. The interpretation choices (``h`` one
+affine map, or two linear layers with an optional ReLU between,
 contiguous head split, ``1/sqrt(d_head)`` scale, ReLU, dropout on the MLP
 hidden layer, residual from ``V'``, LayerNorm eps inside the root) are the
 ones documented in ``capsjax.routing.self_attention``.
@@ -16,7 +17,8 @@ import numpy as np
 
 PARAM_NAMES = ("w_q", "b_q", "w_k", "b_k", "w_v", "b_v", "ln1_scale",
                "ln1_bias", "w_mlp1", "b_mlp1", "w_mlp2", "b_mlp2", "ln2_scale",
-               "ln2_bias", "w_p", "b_p", "w_o", "b_o")
+               "ln2_bias", "w_p", "b_p", "w_o", "b_o", "w_q2", "b_q2", "w_k2",
+               "b_k2", "w_v2", "b_v2")
 
 
 def _layer_norm(x, scale, bias, eps):
@@ -42,16 +44,18 @@ def _softmax_over(values, idx):
 
 def self_attention_routing_ref(poses, activations, params, *, n_heads, mask=None,
                                keep=None, dropout_rate=0.0, qk_scale=None,
-                               ln_eps=1e-5):
+                               ln_eps=1e-5, qkv_activation=None):
   """One sample; returns ``(poses_out [C, d2], activations_out [C])``.
 
   Args:
     poses: ``[C, d1]``; activations: ``[C]``.
     params: a mapping (or NamedTuple) with the fields of ``PARAM_NAMES``;
-      ``w_o``/``b_o`` may be ``None``.
+      ``w_o``/``b_o`` may be ``None``, and so may the second layer of
+      ``h`` (``w_q2``, ..., ``b_v2``: all ``None`` or all given).
     n_heads: heads; mask: ``[C]`` bool or None.
     keep: ``[C, d_hidden]`` dropout keep mask or None (no dropout), applied
       with inverted scaling ``1 / (1 - dropout_rate)``.
+    qkv_activation: ``None`` or ``"relu"``, between the two layers of ``h``.
   """
   get = params.get if isinstance(params, dict) else (
       lambda name: getattr(params, name, None))
@@ -60,7 +64,8 @@ def self_attention_routing_ref(poses, activations, params, *, n_heads, mask=None
   x = np.asarray(poses, np.float64)
   a = np.asarray(activations, np.float64)
   n_caps = x.shape[0]
-  d2 = p["w_q"].shape[1]
+  two = p["w_q2"] is not None
+  d2 = (p["w_q2"] if two else p["w_q"]).shape[1]
   dh = d2 // n_heads
   scale = 1.0 / math.sqrt(dh) if qk_scale is None else qk_scale
   present = [i for i in range(n_caps)
@@ -70,11 +75,22 @@ def self_attention_routing_ref(poses, activations, params, *, n_heads, mask=None
   q = np.zeros((n_caps, d2))
   k = np.zeros((n_caps, d2))
   v = np.zeros((n_caps, d2))
+  def h(u, name):
+    """``h_name(u)``: one linear layer, or two (ReLU between if asked)."""
+    out = u @ p[f"w_{name}"] + p[f"b_{name}"]
+    if not two:
+      return out
+    if qkv_activation == "relu":
+      out = np.array([max(t, 0.0) for t in out])
+    elif qkv_activation is not None:
+      raise ValueError(qkv_activation)
+    return out @ p[f"w_{name}2"] + p[f"b_{name}2"]
+
   for i in range(n_caps):
     u = a[i] * x[i]
-    q[i] = u @ p["w_q"] + p["b_q"]
-    k[i] = u @ p["w_k"] + p["b_k"]
-    v[i] = u @ p["w_v"] + p["b_v"]
+    q[i] = h(u, "q")
+    k[i] = h(u, "k")
+    v[i] = h(u, "v")
 
   # Eq. (6), one head at a time on contiguous feature chunks.
   v_att = np.zeros((n_caps, d2))

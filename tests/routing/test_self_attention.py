@@ -24,22 +24,33 @@ from tests.routing.reference_self_attention import self_attention_routing_ref
 from tests.testing_utils import assert_rel_close, assert_tree_rel_close
 
 C, D1, D2, HID, HEADS = 5, 3, 4, 6, 2
-STATIC = ("n_heads", "dropout_rate", "qk_scale", "ln_eps", "chunk_size")
+STATIC = ("n_heads", "dropout_rate", "qk_scale", "ln_eps", "chunk_size",
+          "qkv_activation")
 _fwd = jax.jit(self_attention_routing, static_argnames=STATIC)
 
 
-def make_params(seed, d1=D1, d2=D2, hid=HID, with_o=False, dtype=np.float32):
-  """Random parameters with fan-in scaled weights (well-conditioned draws)."""
+def make_params(seed, d1=D1, d2=D2, hid=HID, with_o=False, dtype=np.float32,
+                qkv_hidden=None):
+  """Random parameters with fan-in scaled weights (well-conditioned draws).
+
+  ``qkv_hidden``: ``None`` for one layer per ``h``; else two, with this width
+  between them.
+  """
   rs = np.random.RandomState(seed)
   w = lambda m, n: rs.randn(m, n) / math.sqrt(m)
   b = lambda n: 0.3 * rs.randn(n)
+  d_first = d2 if qkv_hidden is None else qkv_hidden
   vals = dict(
-      w_q=w(d1, d2), b_q=b(d2), w_k=w(d1, d2), b_k=b(d2), w_v=w(d1, d2),
-      b_v=b(d2), ln1_scale=1 + 0.2 * rs.randn(d2), ln1_bias=b(d2),
-      w_mlp1=w(d2, hid), b_mlp1=b(hid), w_mlp2=w(hid, d2), b_mlp2=b(d2),
-      ln2_scale=1 + 0.2 * rs.randn(d2), ln2_bias=b(d2), w_p=w(d2, 1), b_p=b(1))
+      w_q=w(d1, d_first), b_q=b(d_first), w_k=w(d1, d_first), b_k=b(d_first),
+      w_v=w(d1, d_first), b_v=b(d_first), ln1_scale=1 + 0.2 * rs.randn(d2),
+      ln1_bias=b(d2), w_mlp1=w(d2, hid), b_mlp1=b(hid), w_mlp2=w(hid, d2),
+      b_mlp2=b(d2), ln2_scale=1 + 0.2 * rs.randn(d2), ln2_bias=b(d2),
+      w_p=w(d2, 1), b_p=b(1))
   if with_o:
     vals.update(w_o=w(d2, d2), b_o=b(d2))
+  if qkv_hidden is not None:
+    for n in "qkv":
+      vals.update({f"w_{n}2": w(qkv_hidden, d2), f"b_{n}2": b(d2)})
   return SelfAttentionParams(**{k: v.astype(dtype) for k, v in vals.items()})
 
 
@@ -75,6 +86,52 @@ def test_forward_matches_reference(with_o, masked):
   np.testing.assert_allclose(np.sum(out.activations), 1.0, rtol=1e-6)
   if masked:
     assert out.activations[1] == 0 and out.activations[3] == 0
+
+
+# Two linear layers per h (Sec. 3.1), with a hidden width (7) unlike d1 and
+# d2 so that a swapped axis fails.
+QKV_HID = 7
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_two_layer_h_matches_reference(activation):
+  params = make_params(40, qkv_hidden=QKV_HID, with_o=True)
+  poses, acts = make_inputs(41)
+  mask = np.array([True, True, False, True, True])
+  acts[4] = 0.0  # one masked capsule and one with p_i = 0
+  if activation == "relu":
+    # The ReLU must act: some first-layer pre-activations of present
+    # capsules are negative, some positive.
+    pre = (acts[:, None] * poses) @ params.w_q + params.b_q
+    assert np.any(pre[:2] < 0) and np.any(pre[:2] > 0)
+  out = _fwd(poses, acts, params, n_heads=HEADS, mask=mask,
+             qkv_activation=activation)
+  assert out.poses.shape == (C, D2)
+  assert_tree_rel_close(out, ref(poses, acts, params, mask=mask,
+                                 qkv_activation=activation), name="two-layer h")
+  assert out.activations[2] == 0 and out.activations[4] == 0
+  np.testing.assert_allclose(np.sum(out.activations), 1.0, rtol=1e-6)
+  if activation == "relu":  # the ReLU changes the function
+    linear = ref(poses, acts, params, mask=mask)
+    assert not np.allclose(out.poses, linear[0], rtol=1e-3, atol=1e-3)
+
+
+def test_two_linear_layers_equal_the_folded_affine_map():
+  # Without a nonlinearity, h(u) = (u W + b) W2 + b2 is the one-layer h with
+  # W W2 and b W2 + b2: the docstring's porting rule.
+  two = make_params(42, qkv_hidden=QKV_HID)
+  fold = {}
+  for n in "qkv":
+    w, b = getattr(two, f"w_{n}"), getattr(two, f"b_{n}")
+    w2, b2 = getattr(two, f"w_{n}2"), getattr(two, f"b_{n}2")
+    fold[f"w_{n}"] = (w.astype(np.float64) @ w2).astype(np.float32)
+    fold[f"b_{n}"] = (b.astype(np.float64) @ w2 + b2).astype(np.float32)
+  one = two._replace(**fold, **{f"{k}_{n}2": None for n in "qkv" for k in "wb"})
+  poses, acts = make_inputs(43)
+  a = _fwd(poses, acts, two, n_heads=HEADS)
+  b = _fwd(poses, acts, one, n_heads=HEADS)
+  for got, want in zip(a, b):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_qk_scale_and_single_head_match_reference():
@@ -117,15 +174,17 @@ def test_vmap_equals_loop():
 # -------------------------------------------------------------- gradients
 
 
-@functools.partial(jax.jit, static_argnames="chunk_size")
-def _grads(poses, acts, params, mask, cot_poses, cot_acts, chunk_size=None):
+@functools.partial(jax.jit, static_argnames=("chunk_size", "qkv_activation"))
+def _grads(poses, acts, params, mask, cot_poses, cot_acts, chunk_size=None,
+           qkv_activation=None):
   """Outputs and d/d(poses, activations, params) of ``L = <out, cot>``.
 
   One jitted program shared by the gradient tests (compile time dominates).
   """
   def loss(x, p, prm):
     out = self_attention_routing(x, p, prm, n_heads=HEADS, mask=mask,
-                                 chunk_size=chunk_size)
+                                 chunk_size=chunk_size,
+                                 qkv_activation=qkv_activation)
     return jnp.sum(out.poses * cot_poses) + jnp.sum(out.activations * cot_acts), out
 
   (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
@@ -148,9 +207,13 @@ def _fd_grad(f, arrays, step=1e-6):
   return grads
 
 
-@pytest.mark.parametrize("with_o", [False, True])
-def test_gradients_match_finite_differences(with_o):
-  params = make_params(8, with_o=with_o)
+# h: one affine map, two linear layers ("linear") or two with a ReLU.
+@pytest.mark.parametrize("with_o,h", [(False, "one"), (True, "one"),
+                                      (False, "linear"), (True, "relu")])
+def test_gradients_match_finite_differences(with_o, h):
+  activation = "relu" if h == "relu" else None
+  params = make_params(8, with_o=with_o,
+                       qkv_hidden=None if h == "one" else QKV_HID)
   poses, acts = make_inputs(9)
   mask = np.array([True, True, True, False, True])
   rs = np.random.RandomState(10)
@@ -158,13 +221,19 @@ def test_gradients_match_finite_differences(with_o):
   cot_acts = rs.randn(C)
   _, (g_poses, g_acts, g_params) = _grads(
       poses, acts, params, mask, cot_poses.astype(np.float32),
-      cot_acts.astype(np.float32))
+      cot_acts.astype(np.float32), qkv_activation=activation)
 
   names = [k for k in params._fields if getattr(params, k) is not None]
+  # Biases that add the same amount to every logit of a softmax: b_p always;
+  # the last bias of h_K (b_k, or b_k2 with two layers); with two linear
+  # layers also b_k, whose image b_k W_K2 is such a constant too.
+  cancelling = {"one": ("b_k", "b_p"), "linear": ("b_k", "b_k2", "b_p"),
+                "relu": ("b_k2", "b_p")}[h]
 
   def ref_loss(arrays):
     p = dict(zip(names, arrays[2:]))
-    out_p, out_a = ref(arrays[0], arrays[1], p, mask=mask)
+    out_p, out_a = ref(arrays[0], arrays[1], p, mask=mask,
+                       qkv_activation=activation)
     return np.sum(out_p * cot_poses) + np.sum(out_a * cot_acts)
 
   arrays = [np.asarray(poses, np.float64), np.asarray(acts, np.float64)] + [
@@ -175,7 +244,7 @@ def test_gradients_match_finite_differences(with_o):
   scale = max(np.max(np.abs(g)) for g in fd)
   for name, want in zip(names, fd[2:]):
     got = np.asarray(getattr(g_params, name))
-    if name in ("b_k", "b_p"):
+    if name in cancelling:
       # b_k adds q_i . b_k to every logit of query i and b_p the same logit to
       # every capsule: both cancel in their softmax, so the true gradient is 0
       # and a relative error is meaningless; check it vanishes to round-off.
@@ -185,31 +254,36 @@ def test_gradients_match_finite_differences(with_o):
       assert_rel_close(got, want, name=f"d/{name}")
 
 
-def test_check_grads_float64():
+@pytest.mark.parametrize("activation,qkv_hidden", [(None, None), ("relu", QKV_HID)])
+def test_check_grads_float64(activation, qkv_hidden):
   with jax.enable_x64(True):
     params = jax.tree.map(lambda a: np.asarray(a, np.float64),
-                          make_params(11, with_o=True))
+                          make_params(11, with_o=True, qkv_hidden=qkv_hidden))
     poses, acts = make_inputs(12, dtype=np.float64)
     mask = np.array([True, False, True, True, True])
     f = jax.jit(lambda x, p, prm: tuple(self_attention_routing(
-        x, p, prm, n_heads=HEADS, mask=mask)))
+        x, p, prm, n_heads=HEADS, mask=mask, qkv_activation=activation)))
     check_grads(f, (poses, acts, params), order=1, modes=("fwd", "rev"))
 
 
 # --------------------------------------------------------------- masking
 
 
-def test_masked_equals_removed_and_zero_activation_equals_masked():
-  params = make_params(13)
+@pytest.mark.parametrize("activation,qkv_hidden", [(None, None), ("relu", QKV_HID)])
+def test_masked_equals_removed_and_zero_activation_equals_masked(activation,
+                                                                 qkv_hidden):
+  # With two layers h(0) = a(b) W2 + b2 is not 0 either: an absent capsule
+  # would still give a key and a value unless it is excluded.
+  params = make_params(13, qkv_hidden=qkv_hidden)
+  kw = {"n_heads": HEADS, "qkv_activation": activation}
   poses, acts = make_inputs(14, n_caps=6)
   mask = np.array([True, False, True, True, False, True])
   keep = np.flatnonzero(mask)
-  removed = _fwd(poses[keep], acts[keep], params, n_heads=HEADS)
-  masked = _fwd(poses, acts, params, n_heads=HEADS, mask=mask)
+  removed = _fwd(poses[keep], acts[keep], params, **kw)
+  masked = _fwd(poses, acts, params, mask=mask, **kw)
   # p_i = 0 (no mask) must behave exactly like a masked capsule.
   acts_zero = np.where(mask, acts, 0).astype(np.float32)
-  zeroed = _fwd(poses, acts_zero, params, n_heads=HEADS,
-                mask=np.ones(6, bool))
+  zeroed = _fwd(poses, acts_zero, params, mask=np.ones(6, bool), **kw)
   for out in (masked, zeroed):
     np.testing.assert_allclose(out.poses[keep], removed.poses, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.activations[keep], removed.activations,
@@ -379,6 +453,25 @@ def test_dtypes():
   assert np.all(np.isfinite(np.asarray(out.poses, np.float32)))
 
 
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_two_layer_h_mixed_precision_close_to_float32(activation):
+  # compute_dtype=bfloat16: both layers of h take bfloat16 operands; the
+  # result stays within bfloat16 rounding of the float32 one (8 bits of
+  # mantissa: ~4e-3 relative per rounding, a few roundings deep).
+  params = make_params(44, qkv_hidden=QKV_HID)
+  poses, acts = make_inputs(45)
+  mask = np.array([True, True, True, False, True])
+  kw = {"n_heads": HEADS, "mask": mask, "qkv_activation": activation}
+  full = _fwd(poses, acts, params, **kw)
+  mixed = jax.jit(functools.partial(self_attention_routing, compute_dtype=jnp.bfloat16,
+                                    **kw))(poses, acts, params)
+  assert mixed.poses.dtype == jnp.float32
+  err = np.max(np.abs(np.asarray(mixed.poses) - np.asarray(full.poses)))
+  assert 0 < err < 0.1, err  # the bfloat16 path is taken, and close
+  np.testing.assert_allclose(mixed.activations, full.activations, rtol=0.05, atol=5e-3)
+  assert mixed.activations[3] == 0
+
+
 def test_duarte_shape_forward():
   # Sec. 4.1: C = 128, d1 = 32, d2 = 256; App. B: hidden 1024. The paper does
   # not give the number of heads; 8 is the Transformer default.
@@ -418,10 +511,26 @@ def test_bad_input_shapes_raise():
 
 @pytest.mark.parametrize("name", SelfAttentionParams._fields)
 def test_bad_param_shape_raises(name):
-  params = make_params(0, with_o=True)
+  params = make_params(0, with_o=True, qkv_hidden=QKV_HID)
   bad = np.zeros(np.shape(getattr(params, name)) + (2,), np.float32)
   with pytest.raises(ValueError, match=rf"params\.{name} must have"):
-    _call(params=params._replace(**{name: bad}))
+    _call(params=params._replace(**{name: bad}), qkv_activation="relu")
+
+
+def test_bad_two_layer_params_raise():
+  two = make_params(0, qkv_hidden=QKV_HID)
+  with pytest.raises(ValueError, match=r"second layer of h_Q, h_K, h_V needs all"
+                     r".* got w_q2, b_q2, w_k2, b_k2, w_v2 without b_v2"):
+    _call(params=two._replace(b_v2=None))
+  # The second layer's input must be the first layer's output width.
+  with pytest.raises(ValueError, match=r"params.w_k2 must have shape \[d_qkv, d2\] = \[7, 4\]"):
+    _call(params=two._replace(w_k2=np.zeros((QKV_HID + 1, D2), np.float32)))
+  with pytest.raises(ValueError, match=r"params.b_q must have shape \[d_qkv\] = \[7\]"):
+    _call(params=two._replace(b_q=np.zeros((D2,), np.float32)))
+  with pytest.raises(ValueError, match="qkv_activation must be one of"):
+    _call(params=two, qkv_activation="gelu")
+  with pytest.raises(ValueError, match="qkv_activation='relu' acts between the two layers"):
+    _call(qkv_activation="relu")  # one-layer params
 
 
 def test_bad_options_raise():

@@ -43,6 +43,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Eq. (3) f_out(p̂_i x_i): "secondary" reads x_i as the routed poses x̂_i
   # (capsjax.models.duarte2021's choice), "primary" as written.
   c.model.pool = "secondary"
+  # Sec. 3.1: h_K, h_Q, h_V learned "using two linear layers for all
+  # functions h": linear layers per map (2; 1 = one affine map), the width
+  # between them (None: d2) and the nonlinearity there (None, as printed, or
+  # "relu"); see capsjax.routing.self_attention_routing.
+  c.model.qkv_layers = 2
+  c.model.qkv_hidden = ml_collections.config_dict.placeholder(int)
+  c.model.qkv_activation = ml_collections.config_dict.placeholder(str)
   # Sec. 4.1: 4096-d video (R152 + RX101), word2vec text (300), DAVEnet audio
   # (1024: its output channels, mean-pooled; see capsjax.models.duarte2021).
   c.model.input_dims = ml_collections.ConfigDict(

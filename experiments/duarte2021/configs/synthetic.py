@@ -35,10 +35,16 @@ def get_config(variant: str = "self_attention") -> ml_collections.ConfigDict:
   c.model.n_caps = 16
   c.model.d1 = 8
   # d2 > d1 as in the paper (32 -> 256). With d2 = 8 the routing's output,
-  # which at the start of training is about the same average of the values
-  # for every capsule, was an 8-d bottleneck: held-out t2v R@1 ~2 % against
-  # ~4-5 % with d2 = 32 (400 steps; README, "Synthetic results").
+  # which stays about the same average of the values for every capsule (the
+  # attention stays uniform), was an 8-d bottleneck: held-out t2v R@1 ~2 %
+  # against ~4-5 % with d2 = 32 (one affine map per h, 400 steps; README,
+  # "Why routing does not help here").
   c.model.d2 = 32
+  # h_Q, h_K, h_V: the paper configs' reading of Sec. 3.1 (model.qkv_*, two
+  # linear layers d1 -> d2 -> d2, no nonlinearity). compare.py's
+  # self_attention_h1 (one affine map) and self_attention_h_relu (a ReLU
+  # between the layers) are the other readings; none beats "no routing"
+  # here (README, "Synthetic results").
   c.model.d_embed = 64
   # Routing MLP width (paper 1024 = 4 * d2). 128 (4 * d2 here) measured the
   # same as 64 (README, "Why routing does not help here").
