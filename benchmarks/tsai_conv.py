@@ -21,17 +21,17 @@ forward+backward on this machine and, side by side, a naive JAX version ~3.1x
 faster than it; the "vs authors" column is ``ratio x 3.1``, an estimate, not a
 measurement (the PyTorch code is not run here).
 
-  python benchmarks/tsai_conv.py                  # batch 32, ~2-4 min on 2 busy cores
+  python benchmarks/tsai_conv.py                  # batch 32, ~1 min quiet, 2-4 min on 2 busy cores
   python benchmarks/tsai_conv.py --batch=8 --repeats=3
 
 Uses XLA's default flags (not the tests' fast-compile ones).
 
-Measured 2026-11-22 on the shared 2-core CPU, loaded machine (batch 32, median
-of 3): naive 8597 ms fwd / 16327 ms fwd+bwd (3595 MiB); capsjax 1012 / 4482 ms
-(145 MiB), 8.5x / 3.6x faster than naive, ~11x the authors' (estimate);
-capsjax with ``--compute_dtype=bfloat16`` 1040 / 3422 ms. The kernel before
-the matmul rewrite ran 6704 ms fwd+bwd where naive ran 13204 ms (2.0x) in
-one side-by-side run; the rewrite ran 1920 ms in that same run (6.9x).
+Measured 2026-11-22 04:42 on the 2-core CPU, quiet (batch 32, median of 7):
+naive 1888 ms fwd / 4439 ms fwd+bwd (3595 MiB); capsjax 127 / 633 ms (92
+MiB), 14.9x / 7.0x faster than naive, ~22x the authors' (estimate). Earlier
+kernels in the same comparison: 2.0x (votes-free matmuls, first version),
+3.0x (unrolled 4x4 products, batch chunks; 1357 ms), 7.0x (this one: the
+logits as one fused 64-term sum, recomputed in the backward pass).
 """
 
 from __future__ import annotations

@@ -259,14 +259,17 @@ class CapsNet(nnx.Module):
                              for i in range(n_layers))
 
       states = tuple(states)
-      if n_iters > 1:
-        # Unrolled: the papers use at most 5 iterations, and XLA:CPU runs
-        # the routing kernels inside a while loop ~3x slower (forward) and
-        # ~1.4x slower (forward+backward) than unrolled, and compiles them
-        # slower too (cifar10_simple, 3 iterations, batch 8, measured side
-        # by side).
-        _, states = nnx.fori_loop(0, n_iters - 1, concurrent_step,
-                                  (self, states), unroll=True)
+      # Unrolled: the papers use at most 5 iterations, and XLA:CPU runs the
+      # routing kernels inside a while loop ~3x slower (forward) and ~1.4x
+      # slower (forward+backward) than unrolled, and compiles them slower
+      # too (cifar10_simple, 3 iterations, batch 8, measured side by side).
+      # A Python loop rather than an unrolled scan: under reverse-mode AD, a
+      # scan around the conv routing kernel made JAX keep the kernel's
+      # per-chunk forward intermediates (cifar10_simple train step, batch
+      # 32, peak memory with 2 / 5 iterations: 1211 / 1537 MiB in a scan,
+      # 226 / 559 MiB here; benchmarks/resources.py).
+      for t in range(n_iters - 1):
+        _, states = concurrent_step(t, (self, states))
     else:
       states, below = [], primary
       for i in range(n_layers):
@@ -276,9 +279,8 @@ class CapsNet(nnx.Module):
           return model, model._route(i, below, state)
 
         state = self._route(i, below, None)
-        if n_iters > 1:
-          _, state = nnx.fori_loop(0, n_iters - 1, sequential_step,
-                                   (self, state), unroll=True)
+        for t in range(n_iters - 1):   # unrolled, as the concurrent loop
+          _, state = sequential_step(t, (self, state))
         states.append(state)
         below = state
       states = tuple(states)

@@ -279,6 +279,11 @@ def inverted_attention_conv(
   and a ``jax.vmap`` rule that folds the mapped axis into the matmuls; so
   reverse-mode differentiation and ``vmap`` work, forward-mode (``jax.jvp``)
   does not. With ``x_out=None`` it is one matmul over all window entries.
+  Differentiated inside ``lax.scan`` / ``fori_loop`` (even unrolled), the
+  compiled step keeps the kernel's per-chunk forward intermediates: two
+  routing iterations at the Tsai conv shape, batch 32, took 1080 MiB in a
+  ``fori_loop`` and 139 MiB as a Python loop. Unroll routing iterations in
+  Python, as :class:`capsjax.models.tsai2020.CapsNet` does.
 
   Porting official weights (see :func:`conv_weight_from_official`): vector
   ``W = w.transpose(0, 1, 2, 4, 3, 5)`` (official ``w[k, l, n, a, m, d]``),

@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/models.py and benchmarks/resources.py.
+"""Smoke tests of benchmarks/models.py, resources.py and op_profile.py.
 
 They run one tiny row through each script's functions (compiling, running a
 step once, formatting and plotting), so the scripts cannot rot; nothing is
@@ -8,7 +8,9 @@ timed. The scripts import their siblings as top-level modules (``harness``,
 
 from __future__ import annotations
 
+import gzip
 import importlib
+import json
 import pathlib
 import sys
 
@@ -101,3 +103,28 @@ def test_resources_cases_tiny_row_table_and_plot(scripts, tmp_path):
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert resources._relative([2.0, 3.0, None]) == pytest.approx([1.0, 1.5, np.nan],
                                                                  nan_ok=True)
+
+
+def test_op_profile_sums_durations_per_xla_operation(tmp_path):
+  sys.path.insert(0, str(_BENCHMARKS))
+  try:
+    op_profile = importlib.import_module("op_profile")
+  finally:
+    sys.path.remove(str(_BENCHMARKS))
+  # A hand-written trace: two runs of one fusion over 2 calls, a dot, and
+  # runtime events that are not operations of the program.
+  events = [{"ph": "X", "name": "add_fusion", "dur": 1000},
+            {"ph": "X", "name": "add_fusion", "dur": 3000},
+            {"ph": "X", "name": "dot.1", "dur": 500},
+            {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 9999},
+            {"ph": "X", "name": "$api.py:2479 block_until_ready", "dur": 9999},
+            {"ph": "i", "name": "marker"}]
+  trace = tmp_path / "t.json.gz"
+  with gzip.open(trace, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  assert op_profile.op_times(str(trace), calls=2) == [
+      ("add_fusion", 2.0, 1.0), ("dot.1", 0.25, 0.5)]
+  # The profiler really writes a trace that parses (names depend on XLA).
+  fn = jax.jit(lambda x: jnp.sin(x) * 2.0)
+  real = op_profile.profile(fn, (jnp.ones(4096),), 1, str(tmp_path / "trace"))
+  assert op_profile.op_times(real, calls=1)
