@@ -358,6 +358,18 @@ def test_conv_batch_chunks_match_single_samples(monkeypatch):
       assert_rel_close(got, want, tol=1e-5)
 
 
+def test_conv_batch_chunks_are_cache_sized_on_cpu_only(monkeypatch):
+  # The Tsai conv shape: 3.2 MB of votes per sample and offset.
+  x_inp = jax.ShapeDtypeStruct((128, 16, 16, 32, 16), jnp.float32)
+  x_out = jax.ShapeDtypeStruct((128, 7, 7, 32, 16), jnp.float32)
+  W = jax.ShapeDtypeStruct((3, 3, 32, 32, 4, 4), jnp.float32)
+  geo = conv_core._ConvGeometry(3, 2, 4, 4, 4, "highest", jnp.dtype(jnp.float32))
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert conv_core._batch_chunks(x_inp, W, x_out, geo) == 64     # 2 samples each
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert conv_core._batch_chunks(x_inp, W, x_out, geo) == 2      # 64 samples each
+
+
 def test_dtypes():
   fc = fc_case(16, matrix_pose=False)
   bf16 = {a: None if v is None else jnp.asarray(v, jnp.bfloat16)
