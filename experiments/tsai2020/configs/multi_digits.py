@@ -17,9 +17,9 @@ must equal the true set; Sec. 6).
 
 The paper's DiverseMultiMNIST row (``configs/diverse_multimnist.py``) reports
 80.59-85.74 % for its CapsNets; this stand-in's number is not comparable.
-Measured: 43.65 % set accuracy on the 2,000 test composites after 1,248
-steps (36.9 % at step 624), 18 min wall on a 2-core CPU shared with other
-jobs (6 min 7 s of CPU time).
+Measured: 43.15 % set accuracy on the 2,000 test composites after 1,248
+steps (36.0 % at step 624), 59 s wall on a quiet 2-core CPU (2026-11-22;
+43.65 % and 18 min on a shared machine before the conv kernel's rewrite).
 """
 
 import ml_collections
