@@ -10,6 +10,7 @@ float32 matmul of similar FLOP count measured in the same run.
   python benchmarks/kernels.py --only=heinsen    # rows whose name matches a regex
   python benchmarks/kernels.py --batch_scale=0.25
   python benchmarks/kernels.py --scaling            # cost as input capsules double
+  python benchmarks/kernels.py --iters              # memory as n_iters grows, remat off / on
 
 Each row also shows the step's floor on this machine: XLA's FLOP count at the
 matmul rate and XLA's byte count at the memory-copy rate, both measured in the
@@ -42,6 +43,9 @@ _BATCH_SCALE = flags.DEFINE_float(
     "batch_scale", 1.0, "Multiply every paper batch size by this (>= 1 sample).")
 _SCALING = flags.DEFINE_bool(
     "scaling", False, "Print the scaling table (and plot it to --plot) instead.")
+_ITERS = flags.DEFINE_bool(
+    "iters", False, "Print the iterations table (fwd+bwd memory and time as n_iters "
+    "grows, with and without remat) instead.")
 _PLOT = flags.DEFINE_string(
     "plot", "benchmarks/scaling.png", "Where --scaling writes its plot (needs matplotlib).")
 _MIN_TIME = flags.DEFINE_float(
@@ -71,7 +75,8 @@ def _normal(rng, *shape, scale=1.0):
   return (scale * rng.standard_normal(shape)).astype(np.float32)
 
 
-def _heinsen_case(name, n_inp, n_out, var_inp, batch, algorithm="auto"):
+def _heinsen_case(name, n_inp, n_out, var_inp, batch, algorithm="auto", n_iters=3,
+                  remat=False):
   d_cov = d_inp = d_out = 4
   n_w = 1 if var_inp else n_inp
 
@@ -84,7 +89,8 @@ def _heinsen_case(name, n_inp, n_out, var_inp, batch, algorithm="auto"):
   # What the next layer reads (R, the routing probabilities, is diagnostic).
   return Case(name, f"{n_inp} -> {n_out} caps 4x4, {algorithm}", batch,
               lambda a, mu, w, b, bu, bi: routing.heinsen_routing(
-                  a, mu, w, b, bu, bi, n_iters=3, algorithm=algorithm)[:3],
+                  a, mu, w, b, bu, bi, n_iters=n_iters, algorithm=algorithm,
+                  remat=remat)[:3],
               make, batched=(0, 1), diff=(1, 2, 3, 4, 5))
 
 
@@ -289,12 +295,51 @@ def run_scaling(min_time: float, plot_path: str) -> None:
   print(f"plot written to {plot_path}")
 
 
+def _iteration_cases(n_iters: int, remat: bool) -> list[tuple[str, Case]]:
+  """(family, case) of the iterative kernels at n_iters, at reduced batches."""
+  kw = {"n_iters": n_iters, "remat": remat}
+  return [
+      ("dynamic", Case(f"dynamic_it{n_iters}", "", 16,
+                       lambda u: routing.dynamic_routing(u, **kw),
+                       lambda rng: (_normal(rng, 1152, 10, 16, scale=0.05),),
+                       batched=(0,), diff=(0,))),
+      ("em", Case(f"em_it{n_iters}", "", 16,
+                  lambda a, v, bu, ba: routing.em_routing(a, v, bu, ba, **kw),
+                  lambda rng: (rng.uniform(size=1152).astype(np.float32),
+                               _normal(rng, 1152, 10, 16), _normal(rng, 10), _normal(rng, 10)),
+                  batched=(0, 1), diff=(0, 1, 2, 3))),
+      ("heinsen (votes)", _heinsen_case(f"heinsen_votes_it{n_iters}", 1152, 64, True, batch=4,
+                                        algorithm="votes", **kw)),
+  ]
+
+
+def run_iterations(min_time: float) -> None:
+  """fwd+bwd peak memory and time as n_iters grows, without and with remat."""
+  rows = []
+  for n_iters in (1, 2, 4, 8):
+    for remat in (False, True):
+      for family, case in _iteration_cases(n_iters, remat):
+        if _ONLY.value and not re.search(_ONLY.value, family):
+          continue
+        r = run_case(case, 1.0, min_time, copy_gbps=1.0)
+        rows.append([family, n_iters, "on" if remat else "off", case.batch, r[5], r[6]])
+        print(f"  done {case.name} remat={remat}", flush=True)
+  rows.sort(key=lambda row: (row[0], row[2], row[1]))
+  print(harness.format_table(
+      ["family", "n_iters", "remat", "batch", "fwd+bwd ms", "peak MiB"], rows))
+  print("remat: the routing iterations rematerialised on the backward pass "
+        "(the kernels' remat=True): only each iteration's carry is kept.")
+
+
 def main(argv):
   del argv
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, "
         f"{jax.device_count()} device(s)")
   if _SCALING.value:
     run_scaling(_MIN_TIME.value, _PLOT.value)
+    return
+  if _ITERS.value:
+    run_iterations(_MIN_TIME.value)
     return
   copy = harness.copy_gbps()
   print(f"memory copy: {copy:.1f} GB/s")

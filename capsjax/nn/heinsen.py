@@ -65,6 +65,7 @@ class HeinsenRoutingLayer(nnx.Module):
       dtype: Any = None,
       param_dtype: Any = jnp.float32,
       compute_dtype: Any = None,
+      remat: bool = False,
       rngs: nnx.Rngs,
   ):
     """Creates the layer.
@@ -89,6 +90,9 @@ class HeinsenRoutingLayer(nnx.Module):
         ``jnp.bfloat16``: votes and big contractions in it, statistics and
         softmax in float32; see :func:`capsjax.routing.heinsen_routing`);
         ``None``: off.
+      remat: rematerialise the routing iterations on the backward pass (the
+        kernel's ``remat``): training memory then does not grow with
+        ``n_iters``; same results.
       rngs: random streams; ``rngs.params()`` draws ``W``.
 
     Raises:
@@ -110,6 +114,7 @@ class HeinsenRoutingLayer(nnx.Module):
     self.p_model, self.eps = p_model, eps
     self.dtype, self.param_dtype = dtype, param_dtype
     self.compute_dtype = compute_dtype
+    self.remat = remat  # the kernel's rematerialised iterations
 
     i, j = n_inp or 1, n_out or 1
     self.W = nnx.Param(
@@ -196,6 +201,6 @@ class HeinsenRoutingLayer(nnx.Module):
           a, mu, W, B, beta_use, beta_ign, n_iters=self.n_iters,
           p_model=self.p_model, eps=self.eps,
           n_out=None if self.n_out is not None else n_out, B_brk=B_brk,
-          compute_dtype=self.compute_dtype)
+          compute_dtype=self.compute_dtype, remat=self.remat)
 
     return jax.vmap(route)(a_inp, mu_inp)

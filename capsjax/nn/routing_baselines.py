@@ -184,12 +184,14 @@ class DynamicRoutingLayer(_Baseline):
 
   Parameters: ``W [n_inp, n_out, d_in, d_out]``, each ``W_ij`` initialised like
   a bias-free ``torch.nn.Linear(d_in, d_out)``: ``U(-1/sqrt(d_in), 1/sqrt(d_in))``.
+  ``compute_dtype`` and ``remat`` are the kernel's (mixed precision;
+  rematerialised iterations).
   """
 
   def __init__(self, n_inp: int, d_in: int, n_out: int | None = None,
                d_out: int | None = None, *, n_iters: int = 3, dtype: Any = None,
                param_dtype: Any = jnp.float32, compute_dtype: Any = None,
-               rngs: nnx.Rngs):
+               remat: bool = False, rngs: nnx.Rngs):
     n_out = n_inp if n_out is None else n_out
     d_out = d_in if d_out is None else d_out
     for name, value in (("n_inp", n_inp), ("d_in", d_in), ("n_out", n_out),
@@ -198,6 +200,7 @@ class DynamicRoutingLayer(_Baseline):
     self.n_inp, self.d_in, self.n_out, self.d_out = n_inp, d_in, n_out, d_out
     self.n_iters, self.dtype, self.param_dtype = n_iters, dtype, param_dtype
     self.compute_dtype = compute_dtype  # the kernel's mixed precision (None: off)
+    self.remat = remat  # the kernel's rematerialised iterations
     self.W = nnx.Param(torch_bias_init(d_in)(
         rngs.params(), (n_inp, n_out, d_in, d_out), param_dtype))
 
@@ -210,7 +213,7 @@ class DynamicRoutingLayer(_Baseline):
     def route(x, p):
       u_hat = jnp.einsum("id,ijdh->ijh", p[:, None] * x, W)
       v = dynamic_routing(u_hat, n_iters=self.n_iters,
-                          compute_dtype=self.compute_dtype).v
+                          compute_dtype=self.compute_dtype, remat=self.remat).v
       return Capsules(v, _safe_norm(v))
 
     return jax.vmap(route)(poses, p)
@@ -230,12 +233,14 @@ class EMRoutingLayer(_Baseline):
   Parameters: ``W [n_inp, n_out, s, s]`` ``U(-1/sqrt(s), 1/sqrt(s))`` (each
   ``M -> M W_ij`` initialised like a bias-free ``torch.nn.Linear(s, s)``
   acting on the rows), ``beta_u``, ``beta_a [n_out]`` zeros.
+  ``compute_dtype`` and ``remat`` are the kernel's (mixed precision;
+  rematerialised iterations).
   """
 
   def __init__(self, n_inp: int, d_in: int, n_out: int | None = None, *,
                n_iters: int = 3, final_lambda: float = 0.01, eps: float = 1e-8,
                dtype: Any = None, param_dtype: Any = jnp.float32,
-               compute_dtype: Any = None, rngs: nnx.Rngs):
+               compute_dtype: Any = None, remat: bool = False, rngs: nnx.Rngs):
     n_out = n_inp if n_out is None else n_out
     for name, value in (("n_inp", n_inp), ("d_in", d_in), ("n_out", n_out),
                         ("n_iters", n_iters)):
@@ -248,6 +253,7 @@ class EMRoutingLayer(_Baseline):
     self.n_iters, self.final_lambda, self.eps = n_iters, final_lambda, eps
     self.dtype, self.param_dtype = dtype, param_dtype
     self.compute_dtype = compute_dtype  # the kernel's mixed precision (None: off)
+    self.remat = remat  # the kernel's rematerialised iterations
     self.W = nnx.Param(torch_bias_init(s)(
         rngs.params(), (n_inp, n_out, s, s), param_dtype))
     self.beta_u = nnx.Param(jnp.zeros((n_out,), param_dtype))
@@ -266,7 +272,7 @@ class EMRoutingLayer(_Baseline):
       out = em_routing(a, votes.reshape(self.n_inp, self.n_out, s * s),
                        beta_u, beta_a, n_iters=self.n_iters,
                        final_lambda=self.final_lambda, eps=self.eps,
-                       compute_dtype=self.compute_dtype)
+                       compute_dtype=self.compute_dtype, remat=self.remat)
       return Capsules(out.mu, out.a_out)
 
     return jax.vmap(route)(poses, p)

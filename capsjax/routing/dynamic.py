@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from capsjax import _shapes
+from capsjax.routing._loops import check_remat, iteration_body
 from capsjax.routing._precision import Policy
 
 
@@ -64,7 +65,8 @@ def squash(s: jax.typing.ArrayLike, axis: int = -1) -> jax.Array:
 
 
 def dynamic_routing(u_hat: jax.typing.ArrayLike, *, n_iters: int = 3,
-                    compute_dtype: jax.typing.DTypeLike | None = None) -> DynamicRouting:
+                    compute_dtype: jax.typing.DTypeLike | None = None,
+                    remat: bool = False) -> DynamicRouting:
   """Routing by agreement, Procedure 1 of Sabour et al. (2017).
 
   With logits ``b_ij = 0`` at the start, each iteration computes
@@ -98,14 +100,20 @@ def dynamic_routing(u_hat: jax.typing.ArrayLike, *, n_iters: int = 3,
       to it (``c`` and ``v`` too) and accumulate in float32; the logits
       ``b``, the softmax and ``squash`` are in float32 (``u_hat``'s dtype
       promoted to at least float32). Outputs are in ``u_hat``'s dtype.
+    remat: rematerialise the routing iterations on the backward pass
+      (``jax.checkpoint`` on the body of the loop over iterations): reverse
+      mode then keeps only each iteration's logits ``b [n_inp, n_out]`` instead of its
+      intermediates (the softmax and the agreement, each ``[n_inp, n_out]``), for one more forward pass of the iterations. Same
+      results (tested); memory by ``n_iters`` in ``benchmarks/kernels.py
+      --iters``.
 
   Returns:
     A :class:`DynamicRouting` ``(v [n_out, d_out], c [n_inp, n_out])`` in the
     dtype of ``u_hat``.
 
   Raises:
-    ValueError: if ``u_hat`` is not 3-D, ``n_iters`` is not a positive int or
-      ``compute_dtype`` is not a floating dtype.
+    ValueError: if ``u_hat`` is not 3-D, ``n_iters`` is not a positive int,
+      ``compute_dtype`` is not a floating dtype or ``remat`` is not a bool.
 
   References:
     S. Sabour, N. Frosst, G. E. Hinton. Dynamic Routing Between Capsules.
@@ -113,6 +121,7 @@ def dynamic_routing(u_hat: jax.typing.ArrayLike, *, n_iters: int = 3,
   """
   _shapes.check_ndim("u_hat", u_hat, 3, "[n_inp, n_out, d_out]")
   _shapes.check_positive_int("n_iters", n_iters)
+  check_remat(remat)
   u_hat = jnp.asarray(u_hat)
   if not jnp.issubdtype(u_hat.dtype, jnp.floating):
     u_hat = u_hat.astype(jnp.result_type(float))
@@ -130,6 +139,7 @@ def dynamic_routing(u_hat: jax.typing.ArrayLike, *, n_iters: int = 3,
 
   b = jnp.zeros(u_hat.shape[:2], policy.accum)
   if n_iters > 1:
-    b, _ = jax.lax.scan(iteration, b, None, length=n_iters - 1)
+    b, _ = jax.lax.scan(iteration_body(iteration, remat), b, None,
+                        length=n_iters - 1)
   v, c = route(b)
   return DynamicRouting(v=policy.output(v), c=policy.output(c))

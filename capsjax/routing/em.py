@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from capsjax import _shapes
+from capsjax.routing._loops import check_remat, iteration_body
 from capsjax.routing._precision import Policy
 
 
@@ -60,6 +61,7 @@ def em_routing(
     final_lambda: float = 0.01,
     eps: float = 1e-8,
     compute_dtype: jax.typing.DTypeLike | None = None,
+    remat: bool = False,
 ) -> EMRouting:
   """Procedure 1 (EM routing) of Hinton et al. (2018).
 
@@ -128,6 +130,12 @@ def em_routing(
       least float32): ``R``, the masses ``m``, ``cost``, the activations,
       the E-step's log-likelihood (one fused reduction over ``h`` of the
       stored votes) and its softmax. Outputs are in the inputs' dtype.
+    remat: rematerialise the routing iterations on the backward pass
+      (``jax.checkpoint`` on the body of the loop over iterations): reverse
+      mode then keeps only each iteration's assignments ``R [n_inp, n_out]`` instead of its
+      intermediates (among them the votes-sized squared deviations ``[n_inp, n_out, d]``), for one more forward pass of the iterations. Same
+      results (tested); memory by ``n_iters`` in ``benchmarks/kernels.py
+      --iters``.
 
   Returns:
     An :class:`EMRouting` ``(a_out [n_out], mu [n_out, d], sigma2 [n_out, d],
@@ -135,7 +143,8 @@ def em_routing(
 
   Raises:
     ValueError: on a wrong shape (naming the argument), ``n_iters < 1``, a
-      non-positive ``eps`` or a non-floating ``compute_dtype``.
+      non-positive ``eps``, a non-floating ``compute_dtype`` or a non-bool
+      ``remat``.
 
   References:
     G. E. Hinton, S. Sabour, N. Frosst. Matrix Capsules with EM Routing.
@@ -146,6 +155,7 @@ def em_routing(
   _shapes.check_shape("beta_u", beta_u, (n_out,), "[n_out]")
   _shapes.check_shape("beta_a", beta_a, (n_out,), "[n_out]")
   _shapes.check_positive_int("n_iters", n_iters)
+  check_remat(remat)
   if not isinstance(eps, jax.core.Tracer) and not np.all(np.asarray(eps) > 0):
     raise ValueError(f"eps must be positive, got {eps!r}.")
 
@@ -184,6 +194,6 @@ def em_routing(
 
   R = jnp.full((n_inp, n_out), 1 / n_out, acc)
   if n_iters > 1:
-    R, _ = jax.lax.scan(iteration, R, lambdas[:-1])
+    R, _ = jax.lax.scan(iteration_body(iteration, remat), R, lambdas[:-1])
   m = m_step(R, lambdas[-1])
   return EMRouting(*(policy.output(x) for x in (m.a_out, m.mu, m.sigma2, R)))

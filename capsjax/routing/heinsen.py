@@ -24,6 +24,7 @@ from jax.typing import ArrayLike
 
 from capsjax import _shapes
 from capsjax.routing._heinsen_moments import heinsen_routing_moments
+from capsjax.routing._loops import check_remat, iteration_body
 from capsjax.routing._precision import Policy
 
 __all__ = ["HeinsenRouting", "heinsen_routing"]
@@ -135,6 +136,7 @@ def heinsen_routing(
     algorithm: str = "auto",
     chunk_size: int = 512,
     compute_dtype: jax.typing.DTypeLike | None = None,
+    remat: bool = False,
 ) -> HeinsenRouting:
   r"""Routes input capsules to output capsules with Heinsen's EM routing.
 
@@ -231,6 +233,13 @@ def heinsen_routing(
       softmax and log-softmax, ``sum_i D_use``, ``a_out``, ``mu_out`` and
       ``sig2_out`` (the loop state), the log-variances, ``R``, and the small
       per-output algebra of the moments form. Outputs are in the input dtype.
+    remat: rematerialise the routing iterations on the backward pass
+      (``jax.checkpoint`` on the body of the loop over iterations): reverse
+      mode then keeps only each iteration's state ``(a_out, mu_out, sig2_out, R)`` instead of its
+      intermediates (among them the votes-sized ``(V - mu_out)^2``), for one more forward pass of the iterations. Same
+      results (tested); memory by ``n_iters`` in ``benchmarks/kernels.py
+      --iters``. ``algorithm="moments"`` always rematerialises its chunked
+      iterations, so there ``remat`` changes nothing.
 
   Returns:
     A :class:`HeinsenRouting` ``(a_out [n_out], mu_out [n_out, d_cov, d_out],
@@ -241,7 +250,7 @@ def heinsen_routing(
       message names the argument, the shape it got and the shape expected),
       on ``n_out`` given while ``W``'s output axis is not 1, on ``B_brk``
       without ``n_out``, or on an invalid ``n_iters``, ``n_out``,
-      ``p_model`` or ``compute_dtype``.
+      ``p_model``, ``compute_dtype`` or ``remat``.
 
   References:
     F. A. Heinsen, "An Algorithm for Routing Capsules in All Domains", 2019,
@@ -250,6 +259,7 @@ def heinsen_routing(
   """
   n_out = _validate(a_inp, mu_inp, W, B, beta_use, beta_ign, n_iters,
                        p_model, n_out, B_brk)
+  check_remat(remat)
   dtype = jnp.result_type(a_inp, mu_inp, W, B, beta_use, beta_ign,
                           *(() if B_brk is None else (B_brk,)))
   if not jnp.issubdtype(dtype, jnp.floating):
@@ -355,5 +365,6 @@ def heinsen_routing(
   # E-step over V (or a cond in the body); iterations 2..n_iters are a scan.
   R = jnp.full((n_inp, n_out), 1.0 / n_out, acc)
   carry = (*m_step(R), R)
-  carry, _ = jax.lax.scan(iteration, carry, None, length=n_iters - 1)
+  carry, _ = jax.lax.scan(iteration_body(iteration, remat), carry, None,
+                          length=n_iters - 1)
   return HeinsenRouting(*(policy.output(x) for x in carry))
