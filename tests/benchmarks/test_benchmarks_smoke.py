@@ -128,3 +128,17 @@ def test_op_profile_sums_durations_per_xla_operation(tmp_path):
   fn = jax.jit(lambda x: jnp.sin(x) * 2.0)
   real = op_profile.profile(fn, (jnp.ones(4096),), 1, str(tmp_path / "trace"))
   assert op_profile.op_times(real, calls=1)
+
+
+def test_kernels_iteration_rows_run_with_and_without_remat():
+  sys.path.insert(0, str(_BENCHMARKS))
+  try:
+    kernels = importlib.import_module("kernels")
+  finally:
+    sys.path.remove(str(_BENCHMARKS))
+  for remat in (False, True):
+    cases = kernels._iteration_cases(2, remat)
+    assert [family for family, _ in cases] == ["dynamic", "em", "heinsen (votes)"]
+    for _, case in cases:
+      row = kernels.run_case(case, 1 / 16, 0.0, copy_gbps=1.0)
+      assert row[2] == 1 and row[5] > 0 and row[6] > 0   # batch, fwd+bwd ms, peak MiB
