@@ -130,8 +130,9 @@ class CapsNet(nnx.Module):
   conv, routed activations from :class:`InvertedAttentionFC`'s EM-style
   cost; no official code exists for A's and C's exact form, see the layer).
 
-  The iterations after the first run in ``nnx.fori_loop``, so compile time
-  does not grow with ``n_iters``. Dropout (``dropout_rate``) acts on the
+  The iterations are unrolled in Python (the papers use at most 5; see the
+  comment in ``__call__`` for why not a loop), so compile time grows with
+  ``n_iters``. Dropout (``dropout_rate``) acts on the
   routed poses before their LayerNorm in training mode; BatchNorm layers of
   the backbone use batch statistics in training mode and running averages
   after ``model.eval()``.
@@ -252,11 +253,9 @@ class CapsNet(nnx.Module):
         states.append(below)
 
       # Iterations 2..t: every layer from the previous iteration's poses.
-      def concurrent_step(_, carry):
-        model, states = carry
+      def concurrent_step(states):
         full = (primary, *states)
-        return model, tuple(model._route(i, full[i], full[i + 1])
-                             for i in range(n_layers))
+        return tuple(self._route(i, full[i], full[i + 1]) for i in range(n_layers))
 
       states = tuple(states)
       # Unrolled: the papers use at most 5 iterations, and XLA:CPU runs the
@@ -268,19 +267,14 @@ class CapsNet(nnx.Module):
       # per-chunk forward intermediates (cifar10_simple train step, batch
       # 32, peak memory with 2 / 5 iterations: 1211 / 1537 MiB in a scan,
       # 226 / 559 MiB here; benchmarks/resources.py).
-      for t in range(n_iters - 1):
-        _, states = concurrent_step(t, (self, states))
+      for _ in range(n_iters - 1):
+        states = concurrent_step(states)
     else:
       states, below = [], primary
       for i in range(n_layers):
-
-        def sequential_step(_, carry, i=i, below=below):
-          model, state = carry
-          return model, model._route(i, below, state)
-
         state = self._route(i, below, None)
-        for t in range(n_iters - 1):   # unrolled, as the concurrent loop
-          _, state = sequential_step(t, (self, state))
+        for _ in range(n_iters - 1):   # unrolled, as the concurrent loop
+          state = self._route(i, below, state)
         states.append(state)
         below = state
       states = tuple(states)

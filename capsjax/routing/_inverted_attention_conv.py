@@ -220,27 +220,24 @@ def _weighted(prob: jax.Array, P: jax.Array, n_inp: int,
   return out.reshape(n_out, -1, n_inp * c)
 
 
+def _votes_dot(A, P, Wj, W, geo: _ConvGeometry, n_inp: int):
+  """``A . v`` for every offset: ``sum_{r, e} A[j, n, r, e] v[n, r, i, j, e]``.
+
+  Float32 ``[k*k, j, n, i]``. With ``A = Q`` these are the routing logits of
+  Eq. (2) times ``sqrt(r * e)``; with ``A = G``, the pose cotangent, they are
+  ``d loss / d r`` (``r`` enters the pose as ``sum_i r v``).
+  """
+  if _direct_agreement(geo):
+    Pt, Wt = _agreement_operands(P, W, geo, n_inp, A.shape[0])
+    return _agreement(_rows_first(A, geo), Wt, Pt)
+  return jax.lax.map(lambda pw: _block_agreement(A, pw[0], pw[1], geo, n_inp),
+                     (P, Wj))
+
+
 def _all_logits(P, Q, Wj, W, geo: _ConvGeometry, n_inp: int):
   """Every offset's routing logits (Eq. (2)), float32 ``[k*k, j, n, i]``."""
   scale = np.sqrt(geo.rows * geo.cols_out).astype(_accum_dtype(Q.dtype))
-  if _direct_agreement(geo):
-    Pt, Wt = _agreement_operands(P, W, geo, n_inp, Q.shape[0])
-    return _agreement(_rows_first(Q, geo), Wt, Pt) / scale
-  return jax.lax.map(
-      lambda pw: _block_agreement(Q, pw[0], pw[1], geo, n_inp) / scale, (P, Wj))
-
-
-def _d_probs(P, G, Wj, W, geo: _ConvGeometry, n_inp: int):
-  """``d loss / d r`` for every offset, float32 ``[k*k, j, n, i]``.
-
-  ``r`` enters the pose as ``sum_i r v``, so this is ``G . v``: the same
-  contraction as the logits, with the pose cotangent ``G`` in place of ``Q``.
-  """
-  if _direct_agreement(geo):
-    Pt, Wt = _agreement_operands(P, W, geo, n_inp, G.shape[0])
-    return _agreement(_rows_first(G, geo), Wt, Pt)
-  return jax.lax.map(lambda pw: _block_agreement(G, pw[0], pw[1], geo, n_inp),
-                     (P, Wj))
+  return _votes_dot(Q, P, Wj, W, geo, n_inp) / scale
 
 
 def _conv_core_fwd_chunk(x_inp, W, x_out, geo: _ConvGeometry):
@@ -282,7 +279,7 @@ def _conv_core_bwd_chunk(x_inp, W, x_out, g, geo: _ConvGeometry):
   r, c = geo.rows, geo.cols_inp
   logits = _all_logits(P, Q, Wj, W, geo, n_inp)                   # [o, j, n, i]
   probs, probs_vjp = jax.vjp(_route_probs, logits)
-  d_logits = probs_vjp(_d_probs(P, G, Wj, W, geo, n_inp))[0]
+  d_logits = probs_vjp(_votes_dot(G, P, Wj, W, geo, n_inp))[0]
   d_logits = d_logits / np.sqrt(r * e).astype(d_logits.dtype)
   # Also as [o, i, n, j] for X: passed into the loop, so written out once
   # instead of read strided inside X's votes-sized fusion.
